@@ -1,0 +1,21 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+# Both bootstrap .venv and the native build first (idempotent, see scripts/bootstrap.sh).
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench clean
+
+setup:
+	@bash scripts/bootstrap.sh
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+bench: setup
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build ipex_train/*.so

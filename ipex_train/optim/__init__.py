@@ -1,0 +1,4 @@
+"""Fused optimizers: drop-in replacements for torch.optim classes."""
+from .sgd import SGD
+
+__all__ = ["SGD"]
