@@ -10,15 +10,19 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 # Hash of everything that decides what gets installed.
-want=$(for f in requirements.txt scripts/bootstrap.sh scripts/install_extras.sh; do
-         if [ -f "$f" ]; then cat "$f"; fi; done | sha256sum | cut -c1-16)
+# Extra installers (oneCCL, MPI, TorchRec, ...) live one per file in
+# scripts/install.d/, run in name order with VENV set.
+want=$(cat requirements.txt scripts/bootstrap.sh scripts/install.d/*.sh 2>/dev/null \
+       | sha256sum | cut -c1-16) || true
 have=$(cat "$VENV/.deps-stamp" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   echo "[bootstrap] installing pinned Python packages"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
-  if [ -f scripts/install_extras.sh ]; then
-    VENV="$VENV" bash scripts/install_extras.sh
-  fi
+  for f in scripts/install.d/*.sh; do
+    [ -e "$f" ] || continue
+    echo "[bootstrap] $f"
+    VENV="$VENV" bash "$f"
+  done
   # editable install of ipex_train itself (console scripts, import path); the
   # native build below is what compiles.
   IPEX_TRAIN_SKIP_NATIVE=1 "$VENV/bin/pip" install -q --disable-pip-version-check \
