@@ -1,0 +1,91 @@
+"""The embedding tables one rank owns, and their update.
+
+Two implementations behind one interface, picked by ``--embeddings``:
+
+* ``fused`` (default): ``ipex_train.sparse.FusedEmbeddingBagCollection``.
+  Its backward applies the optimizer update straight into the tables, so no
+  gradient tensor is ever built and ``step()`` has nothing left to do.
+* ``torch``: one ``nn.EmbeddingBag(sparse=True)`` per table and a torch
+  optimizer stepped by ``step()`` (the stock PyTorch baseline, fp32 tables).
+
+Every table starts from the same values whatever rank owns it (table t is
+drawn from a generator seeded by (seed, t)), so runs at different world sizes
+start identical.
+"""
+import hashlib
+
+import torch
+from torch import nn
+
+
+def initial_table(rows, dim, seed, table):
+    """DLRM's initialisation U(-1/sqrt(rows), 1/sqrt(rows)) for table `table`, fp32 [rows, dim]."""
+    digest = hashlib.blake2b(f"{seed}/table/{table}".encode(), digest_size=8).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    bound = rows ** -0.5
+    return torch.rand(rows, dim, generator=g).mul_(2 * bound).sub_(bound)
+
+
+def fused_available():
+    try:
+        from ipex_train import sparse
+    except ImportError:
+        return False
+    return hasattr(sparse, "FusedEmbeddingBagCollection")
+
+
+class LocalTables(nn.Module):
+    """Tables ``ids`` (global feature numbers) of ``rows[t]`` x ``dim``.
+
+    forward(sparse [B, 26] int64) -> pooled [B, len(ids) * dim], one-hot bags
+    (one index per sample and feature), columns in the order of ``ids``.
+    """
+
+    def __init__(self, ids, rows, dim, *, kind, optimizer, lr, dtype, seed):
+        super().__init__()
+        self.ids, self.dim, self.kind = list(ids), dim, kind
+        self.rows = [rows[t] for t in self.ids]
+        weights = [initial_table(rows[t], dim, seed, t) for t in self.ids]
+        self.opt = None
+        if kind == "fused":
+            if not fused_available():
+                raise RuntimeError("--embeddings fused needs ipex_train.sparse."
+                                   "FusedEmbeddingBagCollection, not in this build; "
+                                   "use --embeddings torch")
+            from ipex_train.sparse import FusedEmbeddingBagCollection
+            self.tables = FusedEmbeddingBagCollection(
+                tables=[(r, dim) for r in self.rows], optimizer=optimizer, lr=lr, dtype=dtype)
+            self._load_fused(weights)
+        elif kind == "torch":
+            self.tables = nn.ModuleList(
+                nn.EmbeddingBag(r, dim, mode="sum", sparse=True, _weight=w)
+                for r, w in zip(self.rows, weights))
+            params = list(self.tables.parameters())
+            if params:
+                cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[optimizer]
+                self.opt = cls(params, lr=lr)
+            self._out_dtype = dtype
+        else:
+            raise ValueError(f"unknown embeddings kind {kind!r}")
+
+    def _load_fused(self, weights):
+        with torch.no_grad():
+            for w, dst in zip(weights, self.tables.weights()):
+                dst.copy_(w.to(dst.dtype))
+
+    def forward(self, sparse):
+        B = sparse.shape[0]
+        if not self.ids:
+            return sparse.new_zeros((B, 0), dtype=torch.float32)
+        offsets = torch.arange(B, dtype=torch.int64)
+        indices = [sparse[:, t].contiguous() for t in self.ids]
+        if self.kind == "fused":
+            return self.tables(indices, [offsets] * len(indices))
+        out = torch.cat([bag(i, offsets) for bag, i in zip(self.tables, indices)], 1)
+        return out.to(self._out_dtype)
+
+    def step(self):
+        """Applies the pending update (torch tables); the fused ones did it in backward."""
+        if self.opt is not None:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)

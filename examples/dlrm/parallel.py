@@ -1,0 +1,113 @@
+"""Hybrid parallelism: process group set-up, table placement, batch slicing and
+the pooled-embedding exchange.
+
+Tables are model-parallel (each rank owns whole tables and looks them up for
+the *global* batch); the MLPs are data-parallel (each rank runs its slice of
+the batch). ``all_to_all_single`` turns "my tables, all samples" into "all
+tables, my samples":
+
+    rank r before: [B,   |T_r| * D]  rows split by destination: B_0 | B_1 | ...
+    rank r after:  [B_r, 26 * D]     columns from every owner, in table order
+
+and its backward sends each sample's gradient back to the owner of the table.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+from .config import ConfigError
+
+
+def init_distributed(backend):
+    """Joins the job's process group, if launched as one; returns (rank, world_size).
+
+    Uses ``ipex_train.distributed.init_from_env`` (torchrun, MPI and Slurm
+    variables) when that module is available; otherwise torchrun's variables
+    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). No such variables: a
+    single-process run without any process group.
+    """
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    if not _launched_as_group():
+        return 0, 1
+    try:
+        import ipex_train.distributed as ipd
+    except ImportError:
+        ipd = None
+    if ipd is not None and hasattr(ipd, "init_from_env"):
+        ipd.init_from_env(backend=backend)
+    elif backend == "ccl":
+        raise ConfigError("--backend ccl needs ipex_train.distributed, which is not in this "
+                          "build; use --backend gloo")
+    elif "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend=backend)
+    else:
+        raise ConfigError("launched by MPI/Slurm but ipex_train.distributed is not in this "
+                          "build: launch with torch.distributed.run instead")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _launched_as_group():
+    for var in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"):
+        if int(os.environ.get(var, "1") or "1") > 1:
+            return True
+    return False
+
+
+def batch_splits(batch_size, world_size):
+    """Rows of the global batch each rank trains on: contiguous, sizes differ by <= 1."""
+    base, extra = divmod(batch_size, world_size)
+    return [base + (1 if r < extra else 0) for r in range(world_size)]
+
+
+def place_tables(table_rows, world_size):
+    """Table-wise placement balanced by size: largest table first, to the rank
+    with the fewest rows so far (ties: lowest rank). Returns owned table ids per rank."""
+    load = [0] * world_size
+    owned = [[] for _ in range(world_size)]
+    for t in sorted(range(len(table_rows)), key=lambda t: (-table_rows[t], t)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owned[r].append(t)
+        load[r] += table_rows[t]
+    return [sorted(ts) for ts in owned]
+
+
+def _exchange(send, send_splits, recv_splits, group):
+    """all_to_all_single on flat buffers; bf16 travels as int16 (same bits) so any
+    backend that moves 16-bit integers moves it exactly."""
+    wire = send.view(torch.int16) if send.dtype == torch.bfloat16 else send
+    recv = wire.new_empty(sum(recv_splits))
+    dist.all_to_all_single(recv, wire, recv_splits, send_splits, group=group)
+    return recv.view(send.dtype)
+
+
+class EmbeddingAllToAll(torch.autograd.Function):
+    """[B, d_me] pooled embeddings of my tables -> [B_me, sum_r d_r] of all tables.
+
+    ``dims[r]`` is rank r's width (its table count times D), ``splits[r]`` its
+    batch rows. Output columns are grouped by owner rank (rank 0's tables
+    first); the caller reorders them. Backward is the reverse exchange. The
+    backward also divides by the world size: the trainer scales each rank's
+    loss by it so that DDP's gradient *average* becomes the global-batch sum
+    for the MLPs, and embeddings must not see that factor.
+    """
+
+    @staticmethod
+    def forward(ctx, local, dims, splits, rank, group):
+        world = len(splits)
+        ctx.dims, ctx.splits, ctx.rank, ctx.group = dims, splits, rank, group
+        d_me, b_me = dims[rank], splits[rank]
+        send = local.contiguous().view(-1)
+        recv = _exchange(send, [b * d_me for b in splits], [b_me * d for d in dims], group)
+        chunks = recv.split([b_me * d for d in dims])
+        return torch.cat([c.view(b_me, d) for c, d in zip(chunks, dims)], 1) if world else recv
+
+    @staticmethod
+    def backward(ctx, grad):
+        dims, splits, rank = ctx.dims, ctx.splits, ctx.rank
+        d_me, b_me = dims[rank], splits[rank]
+        grad = grad / len(splits)
+        send = torch.cat([g.contiguous().view(-1) for g in grad.split(dims, 1)])
+        recv = _exchange(send, [b_me * d for d in dims], [b * d_me for b in splits], ctx.group)
+        return recv.view(sum(splits), d_me), None, None, None, None

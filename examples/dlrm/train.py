@@ -1,0 +1,150 @@
+"""Train DLRM: ``ipex-train-run --nproc-per-node 2 examples/dlrm/train.py [flags]``.
+
+Runs as one process (no launcher) or as one rank of a launched job. Prints a
+progress bar (samples/s, loss), periodic AUC, and a summary line per metric.
+See ``--help`` for the flags and README.md's DLRM section.
+"""
+import json
+import os
+import sys
+import time
+
+if __package__ in (None, ""):  # run as a script: make `dlrm` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    __package__ = "dlrm"
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from .config import ConfigError, parse_args  # noqa: E402
+from .data import CriteoTSV, SyntheticCriteo  # noqa: E402
+from .parallel import init_distributed  # noqa: E402
+from .trainer import Trainer, default_threads  # noqa: E402
+
+
+def make_data(cfg):
+    """(training source, evaluation batches) for cfg.data."""
+    rows = cfg.table_sizes()
+    if cfg.data == "synthetic":
+        src = SyntheticCriteo(rows, cfg.batch_size, seed=cfg.seed, zipf=cfg.zipf)
+        return src, src.eval_batches(cfg.eval_batches)
+    src = CriteoTSV(cfg.train_file, rows, cfg.batch_size, bad_lines=cfg.bad_lines)
+    ev = CriteoTSV(cfg.eval_file or cfg.train_file, rows, cfg.batch_size,
+                   bad_lines=cfg.bad_lines, report=lambda msg: None)
+    return src, ev.eval_batches(cfg.eval_batches)
+
+
+# ---- checkpoints: <dir>/step_<N>/rank<r>.pt, and <dir>/latest naming the step ----
+def save_checkpoint(trainer, step, directory):
+    path = os.path.join(directory, f"step_{step}")
+    os.makedirs(path, exist_ok=True)
+    state = trainer.state_dict()
+    state["step"] = step
+    torch.save(state, os.path.join(path, f"rank{trainer.rank}.pt"))
+    if trainer.world > 1:
+        dist.barrier(group=trainer.group)
+    if trainer.rank == 0:  # written last, so `latest` only names complete checkpoints
+        tmp = os.path.join(directory, "latest.tmp")
+        with open(tmp, "w") as f:
+            f.write(str(step))
+        os.replace(tmp, os.path.join(directory, "latest"))
+
+
+def load_checkpoint(trainer, directory):
+    """Restores the latest checkpoint; returns its step (0 when there is none)."""
+    latest = os.path.join(directory, "latest")
+    if not os.path.exists(latest):
+        return 0
+    with open(latest) as f:
+        step = int(f.read())
+    path = os.path.join(directory, f"step_{step}", f"rank{trainer.rank}.pt")
+    if not os.path.exists(path):
+        raise ValueError(f"checkpoint {directory} (step {step}) has no {os.path.basename(path)}: "
+                         "it was written at a smaller world size")
+    state = torch.load(path, weights_only=False)
+    trainer.load_state_dict(state)
+    return state["step"]
+
+
+def _progress(cfg, rank, start, total):
+    if rank != 0 or not cfg.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total * cfg.batch_size, initial=start * cfg.batch_size, unit="samples",
+                unit_scale=True, dynamic_ncols=True, file=sys.stderr)
+
+
+def run(cfg):
+    """Trains per `cfg` on this process's rank; returns the metrics dict (every rank)."""
+    rank, world = init_distributed(cfg.backend)
+    cfg.check(world)
+    torch.set_num_threads(cfg.threads or default_threads())
+    trainer = Trainer(cfg, rank, world)
+    source, eval_set = make_data(cfg)
+    start = load_checkpoint(trainer, cfg.checkpoint_dir) if cfg.resume else 0
+    log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    log(f"[dlrm] world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
+        f"({cfg.emb_optimizer}), ISA {__import__('ipex_train').isa()}, "
+        f"{torch.get_num_threads()} threads/rank, tables on this rank: {trainer.placement[rank]}"
+        + (f", resumed at step {start}" if start else ""))
+    metrics = dict(world_size=world, losses={}, evals=[])
+    bar = _progress(cfg, rank, start, cfg.steps)
+    pending, pending_steps, samples = [], [], 0
+    t0, timed_from = time.perf_counter(), None
+    batches = source.train_batches(start)
+    for step in range(start + 1, cfg.steps + 1):
+        batch = next(batches)
+        pending.append(trainer.train_step(batch))
+        pending_steps.append((step, batch.labels.shape[0]))
+        if timed_from is None and step - start >= min(3, cfg.steps - start):
+            t0, timed_from, samples = time.perf_counter(), step, 0  # skip warm-up steps
+        elif timed_from is not None:
+            samples += batch.labels.shape[0]
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            sums = trainer.global_sum(torch.stack(pending))
+            for (s, n), v in zip(pending_steps, sums.tolist()):
+                metrics["losses"][s] = v / n
+            if bar is not None:
+                bar.update(sum(n for _, n in pending_steps))
+                bar.set_postfix(loss=f"{metrics['losses'][step]:.4f}")
+            pending, pending_steps = [], []
+        if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
+            auc, loss = trainer.evaluate(eval_set)
+            metrics["evals"].append(dict(step=step, auc=auc, loss=loss))
+            msg = f"[dlrm] step {step}: eval AUC {auc:.4f}, eval loss {loss:.4f}"
+            (bar.write(msg) if bar is not None else log(msg))
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            save_checkpoint(trainer, step, cfg.checkpoint_dir)
+    elapsed = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    auc, loss = trainer.evaluate(eval_set)
+    metrics["evals"].append(dict(step=cfg.steps, auc=auc, loss=loss))
+    metrics["throughput"] = samples / elapsed if samples else float("nan")
+    last = metrics["losses"].get(cfg.steps, float("nan"))
+    log(f"[dlrm] throughput: {metrics['throughput']:.0f} samples/s (global, {world} ranks)")
+    log(f"[dlrm] final train loss: {last:.4f}")
+    log(f"[dlrm] eval AUC: {auc:.4f}, eval loss: {loss:.4f} after {cfg.steps} steps")
+    if rank == 0 and cfg.metrics_out:
+        with open(cfg.metrics_out, "w") as f:
+            json.dump(metrics, f)
+    return metrics
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        cfg.check()
+        run(cfg)
+    except ConfigError as e:
+        print(f"dlrm: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

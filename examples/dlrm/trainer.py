@@ -1,0 +1,156 @@
+"""The DLRM training job: model set-up, the hybrid-parallel step, evaluation.
+
+Loss scaling, so that any world size trains on the same global-batch mean:
+rank r's loss is sum(BCE over its B_r samples) / B * W. DDP averages MLP
+gradients over W ranks, which gives d(mean loss)/d(theta); the embedding
+exchange's backward divides by W again, so every table sees exactly the
+gradient of the global mean. At W = 1 this is the plain mean loss.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import NUM_DENSE, NUM_SPARSE
+from .embeddings import LocalTables
+from .model import DenseArch
+from .parallel import EmbeddingAllToAll, batch_splits, place_tables
+
+import ipex_train
+
+
+def optimize_available():
+    return hasattr(ipex_train, "optimize")
+
+
+def compute_dtype(cfg):
+    """Matmul dtype: bf16 only where asked and the CPU has bf16 dot products."""
+    if cfg.dtype == "fp32" or cfg.compute == "fp32":
+        return torch.float32
+    if cfg.compute == "bf16":
+        return torch.bfloat16
+    return torch.bfloat16 if ipex_train.best_isa() == "avx512_bf16" else torch.float32
+
+
+class Trainer:
+    """One rank's share of DLRM: its tables, a replica of the MLPs, their optimizers."""
+
+    def __init__(self, cfg, rank=0, world_size=1, group=None):
+        self.cfg, self.rank, self.world, self.group = cfg, rank, world_size, group
+        rows = cfg.table_sizes()
+        bottom, top = cfg.mlp_sizes()
+        dim = cfg.embedding_dim
+        self.placement = place_tables(rows, world_size)
+        dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
+        self.tables = LocalTables(self.placement[rank], rows, dim, kind=cfg.embeddings,
+                                  optimizer=cfg.emb_optimizer, lr=cfg.emb_lr, dtype=dtype,
+                                  seed=cfg.seed)
+        torch.manual_seed(cfg.seed)  # same MLP weights on every rank and world size
+        dense = DenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, compute_dtype(cfg))
+        opt = ipex_train.optim.SGD(dense.parameters(), lr=cfg.lr)
+        if optimize_available():
+            dense, opt = ipex_train.optimize(dense, opt, dtype=dtype)
+        self.dense, self.opt = dense, opt
+        self.model = dense
+        if world_size > 1:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                dense, process_group=group, broadcast_buffers=False)
+        # Columns arrive grouped by owner rank; `order` puts them in feature order.
+        owner_order = [t for ids in self.placement for t in ids]
+        self.order = torch.tensor([owner_order.index(t) for t in range(NUM_SPARSE)])
+        self.dims = [len(ids) * dim for ids in self.placement]
+
+    def _logits(self, batch, model):
+        """Logits of this rank's slice of the global batch, and that slice's (start, end)."""
+        splits = batch_splits(batch.labels.shape[0], self.world)
+        start = sum(splits[:self.rank])
+        end = start + splits[self.rank]
+        local = self.tables(batch.sparse)
+        if self.world > 1:
+            emb = EmbeddingAllToAll.apply(local, self.dims, splits, self.rank, self.group)
+        else:
+            emb = local
+        emb = emb.view(end - start, NUM_SPARSE, self.cfg.embedding_dim)[:, self.order]
+        return model(batch.dense[start:end], emb), start, end
+
+    def train_step(self, batch):
+        """One step on the global batch; returns this rank's BCE sum (detached)."""
+        B = batch.labels.shape[0]
+        self.opt.zero_grad(set_to_none=True)
+        logits, start, end = self._logits(batch, self.model)
+        bce = F.binary_cross_entropy_with_logits(logits, batch.labels[start:end], reduction="sum")
+        (bce * (self.world / B)).backward()
+        self.opt.step()
+        self.tables.step()
+        return bce.detach()
+
+    def global_sum(self, t):
+        """Sum of a tensor over ranks (in place); identity at world size 1."""
+        if self.world > 1:
+            dist.all_reduce(t, group=self.group)
+        return t
+
+    @torch.no_grad()
+    def predict(self, batch):
+        """Click probabilities [B] of the global batch, on every rank."""
+        logits, start, end = self._logits(batch, self.dense)
+        out = torch.zeros(batch.labels.shape[0])
+        out[start:end] = torch.sigmoid(logits)
+        return self.global_sum(out)
+
+    def evaluate(self, batches):
+        """(AUC, mean log loss) over `batches` (sklearn's roc_auc_score)."""
+        from sklearn.metrics import roc_auc_score
+
+        probs = torch.cat([self.predict(b) for b in batches]).double()
+        labels = torch.cat([b.labels for b in batches]).double()
+        loss = F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), labels).item()
+        if labels.min() == labels.max():
+            return float("nan"), loss
+        return float(roc_auc_score(labels.numpy(), probs.numpy())), loss
+
+    # ---- checkpoints -------------------------------------------------------
+    def state_dict(self):
+        """This rank's full training state; optimizer state is kept per param index
+        with its exact dtypes (torch's Optimizer.load_state_dict would cast an
+        int16 bf16-split trail to the param dtype)."""
+        params = list(self.dense.parameters())
+        opt_state = {i: {k: (v.clone() if torch.is_tensor(v) else v)
+                         for k, v in self.opt.state[p].items()}
+                     for i, p in enumerate(params) if p in self.opt.state}
+        state = dict(world_size=self.world, placement=self.placement,
+                     dense=self.dense.state_dict(), opt_state=opt_state,
+                     opt_groups=[{k: v for k, v in g.items() if k != "params"}
+                                 for g in self.opt.param_groups],
+                     tables=self.tables.state_dict())
+        if self.tables.opt is not None:
+            state["tables_opt"] = self.tables.opt.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        if state["world_size"] != self.world or state["placement"] != self.placement:
+            raise ValueError(f"checkpoint was written at world size {state['world_size']}, "
+                             f"this run has {self.world}: resume with the same world size")
+        self.dense.load_state_dict(state["dense"])
+        params = list(self.dense.parameters())
+        self.opt.state.clear()
+        for i, s in state["opt_state"].items():
+            self.opt.state[params[int(i)]] = {k: (v.clone() if torch.is_tensor(v) else v)
+                                              for k, v in s.items()}
+        for g, saved in zip(self.opt.param_groups, state["opt_groups"]):
+            g.update(saved)
+        self.tables.load_state_dict(state["tables"])
+        if self.tables.opt is not None:
+            self.tables.opt.load_state_dict(state["tables_opt"])
+
+
+def default_threads():
+    """Cores per local rank (at least 1), from the launcher's local-size variable."""
+    local = 1
+    for var in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
+                "SLURM_NTASKS_PER_NODE"):
+        if os.environ.get(var, "").isdigit():
+            local = int(os.environ[var])
+            break
+    return max(1, (os.cpu_count() or 1) // local)
