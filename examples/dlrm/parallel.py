@@ -74,12 +74,16 @@ def place_tables(table_rows, world_size):
 
 
 def _exchange(send, send_splits, recv_splits, group):
-    """all_to_all_single on flat buffers; bf16 travels as int16 (same bits) so any
-    backend that moves 16-bit integers moves it exactly."""
-    wire = send.view(torch.int16) if send.dtype == torch.bfloat16 else send
-    recv = wire.new_empty(sum(recv_splits))
-    dist.all_to_all_single(recv, wire, recv_splits, send_splits, group=group)
-    return recv.view(send.dtype)
+    """all_to_all_single on flat buffers. bf16 travels as raw bytes (uint8, the
+    same bits), which every backend moves exactly (gloo has no 16-bit ints)."""
+    if send.dtype == torch.bfloat16:
+        recv = send.new_empty(sum(recv_splits)).view(torch.uint8)
+        dist.all_to_all_single(recv, send.view(torch.uint8), [2 * n for n in recv_splits],
+                               [2 * n for n in send_splits], group=group)
+        return recv.view(torch.bfloat16)
+    recv = send.new_empty(sum(recv_splits))
+    dist.all_to_all_single(recv, send, recv_splits, send_splits, group=group)
+    return recv
 
 
 class EmbeddingAllToAll(torch.autograd.Function):

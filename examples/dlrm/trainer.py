@@ -55,7 +55,7 @@ class Trainer:
         self.model = dense
         if world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
-                dense, process_group=group, broadcast_buffers=False)
+                dense, process_group=group)
         # Columns arrive grouped by owner rank; `order` puts them in feature order.
         owner_order = [t for ids in self.placement for t in ids]
         self.order = torch.tensor([owner_order.index(t) for t in range(NUM_SPARSE)])

@@ -1,0 +1,82 @@
+"""DLRM model pieces: interaction, shapes, placement, batch slices, config checks."""
+import pytest
+import torch
+
+from dlrm.config import Config, ConfigError, parse_args
+from dlrm.model import DenseArch, interact
+from dlrm.parallel import batch_splits, place_tables
+
+
+def test_interact_matches_loop():
+    torch.manual_seed(0)
+    x, emb = torch.randn(5, 4), torch.randn(5, 3, 4)
+    out = interact(x, emb)
+    assert out.shape == (5, 4 + 6)
+    feats = [x] + [emb[:, f] for f in range(3)]
+    ref = [x] + [(feats[i] * feats[j]).sum(1, keepdim=True)
+                 for i in range(4) for j in range(i + 1, 4)]
+    torch.testing.assert_close(out, torch.cat(ref, 1))
+
+
+@pytest.mark.parametrize("b", [0, 1, 7])
+def test_dense_arch_shapes(b):
+    m = DenseArch(13, 26, [16, 8], [32, 16, 1])
+    assert m.top[0].in_features == 8 + 27 * 26 // 2
+    out = m(torch.randn(b, 13), torch.randn(b, 26, 8))
+    assert out.shape == (b,) and out.dtype == torch.float32
+
+
+def test_dense_arch_bf16_storage_fp32_compute():
+    torch.manual_seed(0)
+    m = DenseArch(13, 26, [16, 8], [32, 1], compute_dtype=torch.float32).to(torch.bfloat16)
+    dense, emb = torch.randn(4, 13), torch.randn(4, 26, 8)
+    out = m(dense, emb)
+    ref = DenseArch(13, 26, [16, 8], [32, 1])
+    ref.load_state_dict({k: v.float() for k, v in m.state_dict().items()})
+    torch.testing.assert_close(out, ref(dense, emb))
+    out.sum().backward()
+    assert m.top[0].weight.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_place_tables_balanced_and_complete(world):
+    rows = Config(max_rows=100_000).table_sizes()
+    owned = place_tables(rows, world)
+    assert sorted(t for ts in owned for t in ts) == list(range(26))
+    loads = [sum(rows[t] for t in ts) for ts in owned]
+    assert max(loads) - min(loads) <= max(rows)  # greedy bound
+
+
+@pytest.mark.parametrize("b,w", [(10, 3), (9, 3), (1, 1), (2048, 2)])
+def test_batch_splits(b, w):
+    s = batch_splits(b, w)
+    assert sum(s) == b and len(s) == w and max(s) - min(s) <= 1
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--bottom-mlp", "512-256-32"], "--bottom-mlp must end in --embedding-dim"),
+    (["--top-mlp", "512-2"], "--top-mlp must end in 1"),
+    (["--top-mlp", "512-x-1"], "--top-mlp: expected sizes"),
+    (["--dtype", "fp16"], "--dtype: must be one of"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--data", "criteo-tsv"], "needs --train-file"),
+    (["--data", "criteo-tsv", "--train-file", "/nonexistent.tsv"], "no such file"),
+    (["--resume"], "need --checkpoint-dir"),
+    (["--table-rows", "5,5"], "need 26 tables"),
+    (["--embeddings", "torch"], "rowwise_adagrad needs the fused"),
+])
+def test_bad_configs_are_named(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_args(argv).check()
+
+
+def test_batch_smaller_than_world():
+    with pytest.raises(ConfigError, match="smaller than the world size"):
+        parse_args(["--batch-size", "2"]).check(world_size=3)
+
+
+def test_main_reports_config_error(capsys):
+    from dlrm.train import main
+
+    assert main(["--embedding-dim", "0"]) == 2
+    assert "--embedding-dim must be positive" in capsys.readouterr().err

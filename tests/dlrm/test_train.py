@@ -1,0 +1,61 @@
+"""End-to-end DLRM training: learning, world sizes, checkpoints, bf16 vs fp32."""
+import pytest
+import torch
+
+from dlrm.embeddings import fused_available
+
+from conftest import run_inprocess, run_ranks
+
+# Our fused tables when this build has them, else the stock fallback.
+EMB = (dict(embeddings="fused", emb_optimizer="rowwise_adagrad") if fused_available()
+       else dict(embeddings="torch", emb_optimizer="adagrad"))
+
+
+def test_short_training_learns():
+    m = run_inprocess(steps=60, eval_every=30, **EMB)
+    assert m["evals"][-1]["auc"] > 0.6
+    assert m["evals"][-1]["auc"] > m["evals"][0]["auc"] - 0.01
+    losses = [m["losses"][s] for s in sorted(m["losses"])]
+    assert sum(losses[-10:]) < sum(losses[:10])
+    assert m["throughput"] > 0
+
+
+def test_bf16_split_matches_fp32_auc():
+    kw = dict(steps=80, eval_batches=8, **EMB)
+    bf16 = run_inprocess(dtype="bf16", **kw)["evals"][-1]["auc"]
+    fp32 = run_inprocess(dtype="fp32", **kw)["evals"][-1]["auc"]
+    assert fp32 > 0.7
+    assert abs(bf16 - fp32) < 0.005, (bf16, fp32)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_checkpoint_resume_is_exact(tmp_path, dtype):
+    ck = str(tmp_path / "ck")
+    kw = dict(dtype=dtype, checkpoint_dir=ck, **EMB)
+    whole = run_inprocess(steps=6, **dict(EMB, dtype=dtype))
+    run_inprocess(steps=3, checkpoint_every=3, **kw)
+    resumed = run_inprocess(steps=6, resume=True, **kw)
+    assert sorted(resumed["losses"]) == [4, 5, 6]
+    for s in (4, 5, 6):
+        assert resumed["losses"][s] == whole["losses"][s], s
+    assert resumed["evals"][-1] == whole["evals"][-1]
+
+
+def test_resume_at_other_world_size_is_refused(tmp_path):
+    ck = tmp_path / "ck"
+    run_inprocess(steps=2, checkpoint_every=2, checkpoint_dir=str(ck), **EMB)
+    state = torch.load(ck / "step_2" / "rank0.pt", weights_only=False)
+    state["world_size"] = 2
+    torch.save(state, ck / "step_2" / "rank0.pt")
+    with pytest.raises(ValueError, match="world size 2, this run has 1"):
+        run_inprocess(steps=4, resume=True, checkpoint_dir=str(ck), **EMB)
+
+
+def test_world_1_and_2_same_losses(tmp_path):
+    kw = dict(steps=6, dtype="fp32", **EMB)
+    one = run_inprocess(**kw)
+    two = run_ranks(2, tmp_path, **kw)
+    assert two["world_size"] == 2
+    for s in range(1, 7):
+        assert abs(one["losses"][s] - two["losses"][str(s)]) < 1e-5, s
+    assert abs(one["evals"][-1]["auc"] - two["evals"][-1]["auc"]) < 1e-4
