@@ -46,6 +46,7 @@ class Config:
     top_mlp: str = "512-512-256-1"     # after the interaction; last must be 1
     batch_size: int = 2048             # global batch, split across ranks for the MLPs
     steps: int = 1000
+    max_seconds: float = 0.0           # stop training after this long (0 = no limit)
     lr: float = 0.1                    # MLP learning rate (SGD)
     emb_lr: float = 0.05
     emb_optimizer: str = "rowwise_adagrad"  # sgd | adagrad | rowwise_adagrad
@@ -107,7 +108,7 @@ class Config:
         for name in ("lr", "emb_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "threads", "max_rows"):
+        for name in ("eval_every", "checkpoint_every", "threads", "max_rows", "max_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.zipf <= 0:

@@ -13,6 +13,7 @@ drawn from a generator seeded by (seed, t)), so runs at different world sizes
 start identical.
 """
 import hashlib
+import warnings
 
 import torch
 from torch import nn
@@ -87,5 +88,7 @@ class LocalTables(nn.Module):
     def step(self):
         """Applies the pending update (torch tables); the fused ones did it in backward."""
         if self.opt is not None:
-            self.opt.step()
+            with warnings.catch_warnings():  # torch's note on sparse invariant checks
+                warnings.filterwarnings("ignore", message="Sparse invariant checks")
+                self.opt.step()
             self.opt.zero_grad(set_to_none=True)

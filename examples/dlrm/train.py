@@ -91,9 +91,12 @@ def run(cfg):
     metrics = dict(world_size=world, losses={}, evals=[])
     bar = _progress(cfg, rank, start, cfg.steps)
     pending, pending_steps, samples = [], [], 0
-    t0, timed_from = time.perf_counter(), None
+    t_start = time.perf_counter()
+    t0, timed_from = t_start, None
     batches = source.train_batches(start)
-    for step in range(start + 1, cfg.steps + 1):
+    step, last_step = start, start
+    while step < cfg.steps:
+        step += 1
         batch = next(batches)
         pending.append(trainer.train_step(batch))
         pending_steps.append((step, batch.labels.shape[0]))
@@ -102,13 +105,20 @@ def run(cfg):
         elif timed_from is not None:
             samples += batch.labels.shape[0]
         if step % cfg.log_every == 0 or step == cfg.steps:
-            sums = trainer.global_sum(torch.stack(pending))
+            # One reduction per log interval: the steps' loss sums and a stop vote
+            # (any rank past --max-seconds), so every rank stops at the same step.
+            late = cfg.max_seconds and time.perf_counter() - t_start > cfg.max_seconds
+            sums = trainer.global_sum(torch.stack(pending + [torch.tensor(float(late))]))
             for (s, n), v in zip(pending_steps, sums.tolist()):
                 metrics["losses"][s] = v / n
             if bar is not None:
                 bar.update(sum(n for _, n in pending_steps))
                 bar.set_postfix(loss=f"{metrics['losses'][step]:.4f}")
-            pending, pending_steps = [], []
+            pending, pending_steps, last_step = [], [], step
+            if sums[-1] > 0:
+                log_msg = f"[dlrm] --max-seconds {cfg.max_seconds} reached: stopping at step {step}"
+                (bar.write(log_msg) if bar is not None else log(log_msg))
+                break
         if cfg.eval_every and step % cfg.eval_every == 0 and step != cfg.steps:
             auc, loss = trainer.evaluate(eval_set)
             metrics["evals"].append(dict(step=step, auc=auc, loss=loss))
@@ -120,12 +130,12 @@ def run(cfg):
     if bar is not None:
         bar.close()
     auc, loss = trainer.evaluate(eval_set)
-    metrics["evals"].append(dict(step=cfg.steps, auc=auc, loss=loss))
+    metrics["evals"].append(dict(step=last_step, auc=auc, loss=loss))
     metrics["throughput"] = samples / elapsed if samples else float("nan")
-    last = metrics["losses"].get(cfg.steps, float("nan"))
+    last = metrics["losses"].get(last_step, float("nan"))
     log(f"[dlrm] throughput: {metrics['throughput']:.0f} samples/s (global, {world} ranks)")
     log(f"[dlrm] final train loss: {last:.4f}")
-    log(f"[dlrm] eval AUC: {auc:.4f}, eval loss: {loss:.4f} after {cfg.steps} steps")
+    log(f"[dlrm] eval AUC: {auc:.4f}, eval loss: {loss:.4f} after {last_step} steps")
     if rank == 0 and cfg.metrics_out:
         with open(cfg.metrics_out, "w") as f:
             json.dump(metrics, f)
