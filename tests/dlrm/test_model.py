@@ -63,7 +63,7 @@ def test_batch_splits(b, w):
     (["--data", "criteo-tsv", "--train-file", "/nonexistent.tsv"], "no such file"),
     (["--resume"], "need --checkpoint-dir"),
     (["--table-rows", "5,5"], "need 26 tables"),
-    (["--embeddings", "torch"], "rowwise_adagrad needs the fused"),
+    (["--embeddings", "torch", "--emb-optimizer", "rowwise_adagrad"], "rowwise_adagrad needs the fused"),
 ])
 def test_bad_configs_are_named(argv, match):
     with pytest.raises(ConfigError, match=match):
