@@ -48,7 +48,9 @@ class LocalTables(nn.Module):
         self.rows = [rows[t] for t in self.ids]
         weights = [initial_table(rows[t], dim, seed, t) for t in self.ids]
         self.opt = None
-        if kind == "fused":
+        if not self.ids:  # more ranks than tables: this rank owns none
+            self.tables = None
+        elif kind == "fused":
             if not fused_available():
                 raise RuntimeError("--embeddings fused needs ipex_train.sparse."
                                    "FusedEmbeddingBagCollection, not in this build; "
@@ -62,17 +64,16 @@ class LocalTables(nn.Module):
                 nn.EmbeddingBag(r, dim, mode="sum", sparse=True, _weight=w)
                 for r, w in zip(self.rows, weights))
             params = list(self.tables.parameters())
-            if params:
-                cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[optimizer]
-                self.opt = cls(params, lr=lr)
+            cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[optimizer]
+            self.opt = cls(params, lr=lr)
             self._out_dtype = dtype
         else:
             raise ValueError(f"unknown embeddings kind {kind!r}")
 
     def _load_fused(self, weights):
         with torch.no_grad():
-            for w, dst in zip(weights, self.tables.weights()):
-                dst.copy_(w.to(dst.dtype))
+            for i, w in enumerate(weights):
+                self.tables.table(i).set_master_weight(w)
 
     def forward(self, sparse):
         B = sparse.shape[0]
