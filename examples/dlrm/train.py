@@ -17,7 +17,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from .config import ConfigError, parse_args  # noqa: E402
-from .data import CriteoTSV, SyntheticCriteo  # noqa: E402
+from .data import BadLine, CriteoTSV, SyntheticCriteo  # noqa: E402
 from .parallel import init_distributed  # noqa: E402
 from .trainer import Trainer, default_threads  # noqa: E402
 
@@ -147,7 +147,7 @@ def main(argv=None):
     try:
         cfg.check()
         run(cfg)
-    except ConfigError as e:
+    except (ConfigError, BadLine) as e:  # every rank sees the same config and data
         print(f"dlrm: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -51,11 +51,43 @@ def test_resume_at_other_world_size_is_refused(tmp_path):
         run_inprocess(steps=4, resume=True, checkpoint_dir=str(ck), **EMB)
 
 
-def test_world_1_and_2_same_losses(tmp_path):
-    kw = dict(steps=6, dtype="fp32", **EMB)
+def _ccl_available():
+    try:
+        import ipex_train.distributed  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# World size 2 over our "ccl" backend when this build has it; 3 over gloo.
+WORLDS = [(2, "ccl" if _ccl_available() else "gloo"), (3, "gloo")]
+
+
+@pytest.mark.parametrize("world,backend", WORLDS)
+def test_world_sizes_give_same_losses(tmp_path, world, backend):
+    kw = dict(steps=5, dtype="fp32", **EMB)
     one = run_inprocess(**kw)
-    two = run_ranks(2, tmp_path, **kw)
-    assert two["world_size"] == 2
-    for s in range(1, 7):
-        assert abs(one["losses"][s] - two["losses"][str(s)]) < 1e-5, s
-    assert abs(one["evals"][-1]["auc"] - two["evals"][-1]["auc"]) < 1e-4
+    many = run_ranks(world, tmp_path, backend=backend, **kw)
+    assert many["world_size"] == world
+    for s in range(1, 6):
+        assert abs(one["losses"][s] - many["losses"][str(s)]) < 1e-5, s
+    assert abs(one["evals"][-1]["auc"] - many["evals"][-1]["auc"]) < 1e-4
+
+
+def test_trains_on_criteo_tsv_with_bad_lines(tmp_path, capfd):
+    from test_data import _line
+
+    path = tmp_path / "day_0.tsv"
+    lines = [_line(str(i % 2)) for i in range(40)]
+    lines[6] = "1\tnot\tenough\n"
+    path.write_text("".join(lines))
+    m = run_inprocess(steps=3, data="criteo-tsv", train_file=str(path), batch_size=16,
+                      eval_batches=1, **EMB)
+    assert sorted(m["losses"]) == [1, 2, 3]
+    assert f"{path}:7: malformed line (expected 40 tab-separated fields, got 3); skipped" \
+        in capfd.readouterr().err
+    from dlrm.data import BadLine
+
+    with pytest.raises(BadLine, match="day_0.tsv:7:"):
+        run_inprocess(steps=3, data="criteo-tsv", train_file=str(path), batch_size=16,
+                      eval_batches=1, bad_lines="fail", **EMB)
