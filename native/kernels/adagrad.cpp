@@ -17,7 +17,7 @@ static void adagrad_loop(const AdagradHyper& h, P p, G g, float* sum, int64_t n)
     const float s = sum[i] + gi * gi;
     sum[i] = s;
     const float std_ = std::sqrt(s) + eps;
-    p.store(i, w + neg_clr * (gi / std_));
+    p.store(i, w + neg_clr * gi / std_);  // addcdiv: value * t1 / t2
   }
 }
 

@@ -31,7 +31,7 @@ static void adam_loop(const AdamHyper& h, P p, G g, float* m, float* v, float* v
       vmax[i] = vs;
     }
     const float denom = std::sqrt(vs) / bc2s + eps;
-    p.store(i, w + neg_step * (mi / denom));
+    p.store(i, w + neg_step * mi / denom);  // addcdiv: value * t1 / t2
   }
 }
 

@@ -3,6 +3,7 @@
 //
 // Per tensor:  m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g * g
 //              r = (m / bc1) / (sqrt(v / bc2) + eps) + weight_decay * w
+// (the divisions by bc1, bc2 run as multiplications by their reciprocals)
 //              w -= lr * clip(||w|| / ||r||) * r
 // The norms come from fixed 16-lane fp64 partial sums per chunk (the ops layer
 // adds the chunks in order), so they do not depend on threads or ISA.
@@ -19,7 +20,7 @@ constexpr int kLanes = 16;
 // The LAMB direction r for one element, from updated moments and the weight.
 template <bool kWd>
 inline float lamb_r(const LambHyper& h, float m, float v, float w) {
-  const float r = (m / h.bias_corr1) / (std::sqrt(v / h.bias_corr2) + h.eps);
+  const float r = (m * h.inv_bias_corr1) / (std::sqrt(v * h.inv_bias_corr2) + h.eps);
   return kWd ? r + h.weight_decay * w : r;
 }
 }  // namespace
@@ -29,21 +30,27 @@ static void lamb_moments_loop(const LambHyper& h, P p, G g, float* m, float* v, 
                               double* w_sq, double* r_sq) {
   const float b2 = h.beta2, omb1 = h.one_minus_beta1, omb2 = h.one_minus_beta2;
   double wa[kLanes] = {0}, ra[kLanes] = {0};
-  int64_t i = 0;
-  auto one = [&](int64_t k, int lane) {
-    const float gi = kMaximize ? -g.load(k) : g.load(k);
-    const float w = p.load(k);
-    const float mi = m[k] + omb1 * (gi - m[k]);
-    const float vi = v[k] * b2 + omb2 * gi * gi;
-    m[k] = mi;
-    v[k] = vi;
-    const float r = lamb_r<kWd>(h, mi, vi, w);
-    wa[lane] += static_cast<double>(w) * static_cast<double>(w);
-    ra[lane] += static_cast<double>(r) * static_cast<double>(r);
-  };
-  for (; i + kLanes <= n; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) one(i + l, l);
-  for (int l = 0; i < n; ++i, ++l) one(i, l);
+  // Blocks of kLanes elements: an elementwise update into small buffers, then
+  // lane-wise fp64 accumulation (both loops vectorize without reassociation).
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const int len = static_cast<int>(n - i < kLanes ? n - i : kLanes);
+    float wv[kLanes] = {0}, rv[kLanes] = {0};
+    for (int l = 0; l < len; ++l) {
+      const int64_t k = i + l;
+      const float gi = kMaximize ? -g.load(k) : g.load(k);
+      const float w = p.load(k);
+      const float mi = m[k] + omb1 * (gi - m[k]);
+      const float vi = v[k] * b2 + omb2 * gi * gi;
+      m[k] = mi;
+      v[k] = vi;
+      wv[l] = w;
+      rv[l] = lamb_r<kWd>(h, mi, vi, w);
+    }
+    for (int l = 0; l < kLanes; ++l) {
+      wa[l] += static_cast<double>(wv[l]) * static_cast<double>(wv[l]);
+      ra[l] += static_cast<double>(rv[l]) * static_cast<double>(rv[l]);
+    }
+  }
   double ws = 0.0, rs = 0.0;
   for (int l = 0; l < kLanes; ++l) {
     ws += wa[l];

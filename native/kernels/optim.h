@@ -58,7 +58,7 @@ struct AdagradHyper {
 struct LambHyper {
   float beta2, eps, weight_decay;
   float one_minus_beta1, one_minus_beta2;
-  float bias_corr1, bias_corr2;  // 1 - beta^step (1 when bias correction is off)
+  float inv_bias_corr1, inv_bias_corr2;  // 1 / (1 - beta^step) (1 without bias correction)
   bool maximize;
 };
 

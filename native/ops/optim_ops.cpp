@@ -124,8 +124,10 @@ void lamb_step_(at::TensorList params, at::TensorList grads, at::TensorList exp_
     h[i].weight_decay = static_cast<float>(weight_decay);
     h[i].one_minus_beta1 = static_cast<float>(1.0 - beta1);
     h[i].one_minus_beta2 = static_cast<float>(1.0 - beta2);
-    h[i].bias_corr1 = bias_correction ? static_cast<float>(1.0 - std::pow(beta1, step)) : 1.0f;
-    h[i].bias_corr2 = bias_correction ? static_cast<float>(1.0 - std::pow(beta2, step)) : 1.0f;
+    const double bc1 = bias_correction ? 1.0 - std::pow(beta1, step) : 1.0;
+    const double bc2 = bias_correction ? 1.0 - std::pow(beta2, step) : 1.0;
+    h[i].inv_bias_corr1 = static_cast<float>(1.0 / bc1);
+    h[i].inv_bias_corr2 = static_cast<float>(1.0 / bc2);
     h[i].maximize = maximize;
   }
   steps.commit();

@@ -168,3 +168,17 @@ def test_opcheck(name):
     finally:
         ops = real
     torch.library.opcheck(captured["op"], captured["args"])
+
+
+def test_step_hooks_and_profiler_range_still_run():
+    p = torch.zeros(3, requires_grad=True)
+    opt = ipex_train.optim.Adam([p], lr=0.1)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    p.grad = torch.ones(3)
+    opt.step()
+    assert calls == ["pre", "post"] and p.detach().lt(0).all()
+    with torch.profiler.profile() as prof:
+        opt.step()
+    assert any("Optimizer.step#Adam.step" in e.name for e in prof.events())
