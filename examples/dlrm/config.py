@@ -47,7 +47,8 @@ class Config:
     batch_size: int = 2048             # global batch, split across ranks for the MLPs
     steps: int = 1000
     max_seconds: float = 0.0           # stop training after this long (0 = no limit)
-    lr: float = 0.1                    # MLP learning rate (SGD)
+    optimizer: str = "sgd"             # MLP optimizer (ipex_train.optim): sgd | adagrad
+    lr: float = 0.1                    # MLP learning rate
     emb_lr: float = 0.05
     emb_optimizer: str = "rowwise_adagrad"  # sgd | adagrad | rowwise_adagrad
     dtype: str = "bf16"                # bf16 (split training) | fp32
@@ -85,7 +86,7 @@ class Config:
 
     def check(self, world_size=1):
         """Raises ConfigError naming the first bad flag."""
-        choices = dict(data=("synthetic", "criteo-tsv"), bad_lines=("skip", "fail"),
+        choices = dict(data=("synthetic", "criteo-tsv"), optimizer=("sgd", "adagrad"), bad_lines=("skip", "fail"),
                        emb_optimizer=("sgd", "adagrad", "rowwise_adagrad"),
                        dtype=("bf16", "fp32"), compute=("auto", "bf16", "fp32"), embeddings=("auto", "fused", "torch"),
                        backend=("ccl", "gloo"))

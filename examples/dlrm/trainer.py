@@ -48,7 +48,8 @@ class Trainer:
                                   seed=cfg.seed)
         torch.manual_seed(cfg.seed)  # same MLP weights on every rank and world size
         dense = DenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, compute_dtype(cfg))
-        opt = ipex_train.optim.SGD(dense.parameters(), lr=cfg.lr)
+        opt_cls = {"sgd": ipex_train.optim.SGD, "adagrad": ipex_train.optim.Adagrad}[cfg.optimizer]
+        opt = opt_cls(dense.parameters(), lr=cfg.lr)
         if optimize_available():
             dense, opt = ipex_train.optimize(dense, opt, dtype=dtype)
         self.dense, self.opt = dense, opt

@@ -28,11 +28,11 @@ def test_bf16_split_matches_fp32_auc():
     assert abs(bf16 - fp32) < 0.005, (bf16, fp32)
 
 
-@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_checkpoint_resume_is_exact(tmp_path, dtype):
+@pytest.mark.parametrize("dtype,optimizer", [("fp32", "sgd"), ("bf16", "adagrad")])
+def test_checkpoint_resume_is_exact(tmp_path, dtype, optimizer):
     ck = str(tmp_path / "ck")
-    kw = dict(dtype=dtype, checkpoint_dir=ck, **EMB)
-    whole = run_inprocess(steps=6, **dict(EMB, dtype=dtype))
+    kw = dict(dtype=dtype, optimizer=optimizer, checkpoint_dir=ck, **EMB)
+    whole = run_inprocess(steps=6, **dict(EMB, dtype=dtype, optimizer=optimizer))
     run_inprocess(steps=3, checkpoint_every=3, **kw)
     resumed = run_inprocess(steps=6, resume=True, **kw)
     assert sorted(resumed["losses"]) == [4, 5, 6]
