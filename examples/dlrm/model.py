@@ -26,16 +26,39 @@ def mlp(sizes, last_relu):
     return nn.Sequential(*layers)
 
 
+class _PairwiseDots(torch.autograd.Function):
+    """t [b, n, D] -> dots [b, n(n-1)/2]: <t_i, t_j> for i < j (row-major order).
+
+    Forward is one bmm Z = t t^T and a gather of the upper triangle. Backward
+    uses Z's symmetry: dL/dt = (G + G^T) t, where G holds the incoming
+    gradient at (i, j); G + G^T is built by one scatter into both (i, j) and
+    (j, i), so the backward is one bmm instead of autograd's two.
+    """
+
+    @staticmethod
+    def forward(ctx, t):
+        b, n, _ = t.shape
+        i, j = torch.triu_indices(n, n, offset=1)
+        upper, lower = i * n + j, j * n + i
+        ctx.save_for_backward(t)
+        ctx.both = torch.cat([upper, lower])
+        return torch.bmm(t, t.transpose(1, 2)).view(b, n * n).index_select(1, upper)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (t,) = ctx.saved_tensors
+        b, n, _ = t.shape
+        sym = grad.new_zeros(b, n * n).index_copy_(1, ctx.both, torch.cat([grad, grad], 1))
+        return torch.bmm(sym.view(b, n, n), t)
+
+
 def interact(x, emb):
     """Pairwise dot products of [x, emb_1, ..., emb_F], i<j, appended to x.
 
     x: [b, D]; emb: [b, F, D]  ->  [b, D + (F+1)F/2]
     """
     t = torch.cat([x.unsqueeze(1), emb], 1)
-    z = torch.bmm(t, t.transpose(1, 2))
-    n = t.shape[1]
-    i, j = torch.triu_indices(n, n, offset=1, device=x.device)
-    return torch.cat([x, z[:, i, j]], 1)
+    return torch.cat([x, _PairwiseDots.apply(t)], 1)
 
 
 def run_mlp(layers, x, dtype):

@@ -59,7 +59,8 @@ class Trainer:
                 dense, process_group=group)
         # Columns arrive grouped by owner rank; `order` puts them in feature order.
         owner_order = [t for ids in self.placement for t in ids]
-        self.order = torch.tensor([owner_order.index(t) for t in range(NUM_SPARSE)])
+        order = [owner_order.index(t) for t in range(NUM_SPARSE)]
+        self.order = None if order == sorted(order) else torch.tensor(order)
         self.dims = [len(ids) * dim for ids in self.placement]
 
     def _logits(self, batch, model):
@@ -72,7 +73,9 @@ class Trainer:
             emb = EmbeddingAllToAll.apply(local, self.dims, splits, self.rank, self.group)
         else:
             emb = local
-        emb = emb.view(end - start, NUM_SPARSE, self.cfg.embedding_dim)[:, self.order]
+        emb = emb.view(end - start, NUM_SPARSE, self.cfg.embedding_dim)
+        if self.order is not None:
+            emb = emb.index_select(1, self.order)
         return model(batch.dense[start:end], emb), start, end
 
     def train_step(self, batch):

@@ -7,15 +7,30 @@ from dlrm.model import DenseArch, interact
 from dlrm.parallel import batch_splits, place_tables
 
 
-def test_interact_matches_loop():
+def _interact_ref(x, emb):
+    feats = [x] + [emb[:, f] for f in range(emb.shape[1])]
+    n = len(feats)
+    return torch.cat([x] + [(feats[i] * feats[j]).sum(1, keepdim=True)
+                            for i in range(n) for j in range(i + 1, n)], 1)
+
+
+@pytest.mark.parametrize("b,f,d", [(5, 3, 4), (1, 26, 8), (0, 2, 3), (7, 1, 5)])
+def test_interact_matches_loop_forward_and_backward(b, f, d):
     torch.manual_seed(0)
-    x, emb = torch.randn(5, 4), torch.randn(5, 3, 4)
+    x = torch.randn(b, d, dtype=torch.float64, requires_grad=True)
+    emb = torch.randn(b, f, d, dtype=torch.float64, requires_grad=True)
     out = interact(x, emb)
-    assert out.shape == (5, 4 + 6)
-    feats = [x] + [emb[:, f] for f in range(3)]
-    ref = [x] + [(feats[i] * feats[j]).sum(1, keepdim=True)
-                 for i in range(4) for j in range(i + 1, 4)]
-    torch.testing.assert_close(out, torch.cat(ref, 1))
+    assert out.shape == (b, d + (f + 1) * f // 2)
+    ref = _interact_ref(x, emb)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x, emb), g)
+    want = torch.autograd.grad(ref, (x, emb), g)
+    for a, r in zip(got, want):
+        torch.testing.assert_close(a, r)
+    if b:
+        torch.autograd.gradcheck(interact, (x[:2].detach().requires_grad_(),
+                                            emb[:2].detach().requires_grad_()))
 
 
 @pytest.mark.parametrize("b", [0, 1, 7])
