@@ -47,7 +47,7 @@ class LocalTables(nn.Module):
         self.ids, self.dim, self.kind = list(ids), dim, kind
         self.rows = [rows[t] for t in self.ids]
         weights = [initial_table(rows[t], dim, seed, t) for t in self.ids]
-        self.opt = None
+        self.opt, self.out_dtype = None, dtype
         if not self.ids:  # more ranks than tables: this rank owns none
             self.tables = None
         elif kind == "fused":
@@ -66,7 +66,6 @@ class LocalTables(nn.Module):
             params = list(self.tables.parameters())
             cls = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad}[optimizer]
             self.opt = cls(params, lr=lr)
-            self._out_dtype = dtype
         else:
             raise ValueError(f"unknown embeddings kind {kind!r}")
 
@@ -78,13 +77,13 @@ class LocalTables(nn.Module):
     def forward(self, sparse):
         B = sparse.shape[0]
         if not self.ids:
-            return sparse.new_zeros((B, 0), dtype=torch.float32)
+            return torch.zeros((B, 0), dtype=self.out_dtype)
         offsets = torch.arange(B, dtype=torch.int64)
         indices = [sparse[:, t].contiguous() for t in self.ids]
         if self.kind == "fused":
             return self.tables(indices, [offsets] * len(indices))
         out = torch.cat([bag(i, offsets) for bag, i in zip(self.tables, indices)], 1)
-        return out.to(self._out_dtype)
+        return out.to(self.out_dtype)
 
     def step(self):
         """Applies the pending update (torch tables); the fused ones did it in backward."""

@@ -95,3 +95,24 @@ def test_main_reports_config_error(capsys):
 
     assert main(["--embedding-dim", "0"]) == 2
     assert "--embedding-dim must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["torch", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_local_tables_pool_and_init_independent_of_placement(kind, dtype):
+    from dlrm.embeddings import LocalTables, fused_available, initial_table
+
+    if kind == "fused" and not fused_available():
+        pytest.skip("ipex_train.sparse.FusedEmbeddingBagCollection not in this build")
+    rows = [5, 3, 9]
+    sparse = torch.tensor([[4, 0, 8], [1, 2, 0]])
+    tabs = LocalTables([2, 0], rows, 4, kind=kind, optimizer="sgd", lr=0.1, dtype=dtype, seed=1)
+    out = tabs(sparse)
+    assert out.shape == (2, 8) and out.dtype == dtype
+    ref = torch.cat([initial_table(9, 4, 1, 2)[sparse[:, 2]], initial_table(5, 4, 1, 0)[sparse[:, 0]]], 1)
+    if kind == "fused" and dtype == torch.bfloat16:  # split storage: the top half is truncated
+        ref = (ref.view(torch.int32) & -65536).view(torch.float32)
+    torch.testing.assert_close(out.float(), ref.to(dtype).float(), atol=0, rtol=0)
+    empty = LocalTables([], rows, 4, kind=kind, optimizer="sgd", lr=0.1, dtype=dtype, seed=1)
+    e = empty(sparse)
+    assert e.shape == (2, 0) and e.dtype == dtype
