@@ -150,7 +150,10 @@ class Trainer:
 
 
 def default_threads():
-    """Cores per local rank (at least 1), from the launcher's local-size variable."""
+    """OMP_NUM_THREADS when the launcher set it (ipex-train-run plans cores per
+    rank), else cores per local rank (at least 1) from its local-size variable."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     local = 1
     for var in ("LOCAL_WORLD_SIZE", "MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE",
                 "SLURM_NTASKS_PER_NODE"):
