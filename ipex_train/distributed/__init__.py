@@ -14,8 +14,10 @@ The backend works on CPU tensors; see native/ccl/README.md for what each
 collective does and how failures surface (a dead peer makes the others raise
 within the process group's timeout).
 """
+import atexit
 import datetime
 import os
+import sys
 
 import torch.distributed as dist
 
@@ -31,6 +33,24 @@ def _create_ccl(store, rank, size, timeout):
     """torch.distributed's creator hook: (store, rank, size, timedelta) -> Backend."""
     ensure_ccl_env()
     return _load().ProcessGroupCCL(store, rank, size, timeout.total_seconds())
+
+
+@atexit.register
+def _exit_after_abort():
+    """Skips oneCCL's library teardown after an abort.
+
+    An aborted group leaves a worker thread inside a oneCCL call that will
+    never return; oneCCL's static destructors then crash under it. So when a
+    group aborted, end the process here with status 1 (the job already failed
+    a collective) before C++ teardown runs.
+    """
+    mod = sys.modules.get("ipex_train._ccl")
+    if mod is not None and mod.any_aborted():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        print("ipex_train.distributed: a ccl process group was aborted; exiting with status 1 "
+              "without oneCCL teardown", file=sys.stderr, flush=True)
+        os._exit(1)
 
 
 def _register():

@@ -44,6 +44,10 @@ using c10d::ReduceOp;
 using Clock = std::chrono::steady_clock;
 using ms = std::chrono::milliseconds;
 
+// Set once any group in this process aborted (a oneCCL call may still be
+// running on a detached worker thread); see ipex_train/distributed/__init__.py.
+std::atomic<bool> g_any_aborted{false};
+
 [[noreturn]] void fail(const std::string& msg) { C10_THROW_ERROR(DistBackendError, msg); }
 
 class ProcessGroupCCL;
@@ -251,6 +255,7 @@ class ProcessGroupCCL : public c10d::Backend {
     {
       std::lock_guard<std::mutex> g(m_);
       if (!aborted_.exchange(true)) reason_ = why;
+      g_any_aborted.store(true);
       q.swap(queue_);
       cur = current_;
     }
@@ -835,6 +840,8 @@ PYBIND11_MODULE(_ccl, m) {
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_s"))
       .def_property_readonly("aborted", &ProcessGroupCCL::aborted);
+  m.def("any_aborted", [] { return ipex_train::g_any_aborted.load(); },
+        "True once a ccl group of this process aborted (its worker may be stuck in oneCCL)");
   m.def("library_version", [] {
     auto v = ccl::get_library_version();
     return std::string(v.full);
