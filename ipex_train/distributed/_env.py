@@ -30,8 +30,8 @@ class RankInfo:
         return self.local_size == self.world_size
 
 
-def _int(name, default=None):
-    v = os.environ.get(name)
+def _int(name, default=None, env=None):
+    v = (os.environ if env is None else env).get(name)
     if v is None or v == "":
         return default
     try:
@@ -76,15 +76,15 @@ def discover(env=None):
         name, rank, size, lrank, lsize = "none", 0, 1, 0, 1
     else:
         name, r, s, lr, ls = found
-        rank, size = _int(r), _int(s)
-        lrank = _int(lr, rank)
-        lsize = _int(ls, size if lr not in env else None)
+        rank, size = _int(r, env=env), _int(s, env=env)
+        lrank = _int(lr, rank, env)
+        lsize = _int(ls, size if lr not in env else None, env)
         if lsize is None:
             lsize = size
     if not 0 <= rank < size:
         raise ValueError(f"{name}: rank {rank} is outside world size {size}")
     single = lsize == size
-    addr, port = env.get("MASTER_ADDR"), _int("MASTER_PORT")
+    addr, port = env.get("MASTER_ADDR"), _int("MASTER_PORT", env=env)
     if size == 1 and not addr:
         addr, port = "127.0.0.1", port or _free_port()
     elif not addr or not port:

@@ -110,8 +110,14 @@ def reduce_ref(ts, op):
         else:
             out = torch.maximum(out, t)
     if op == R.AVG:
-        out = (out.float() / len(ts)).to(ts[0].dtype)
+        out = avg_of_sum(out, len(ts))
     return out
+
+
+def avg_of_sum(t, n):
+    """SUM / world size as the backend computes AVG: in float32 (float64 for float64)."""
+    acc = torch.float64 if t.dtype == torch.float64 else torch.float32
+    return (t.to(acc) / n).to(t.dtype)
 
 
 def ops_for(dtype):
@@ -132,7 +138,7 @@ def run_dtype(c, dt):
                 t = x[me].clone()
                 if op == R.AVG and g is not None:  # gloo has no AVG: SUM / world
                     dist.all_reduce(t, op=R.SUM, group=g)
-                    return (t.float() / n).to(dt)
+                    return avg_of_sum(t, n)
                 dist.all_reduce(t, op=op, group=g)
                 return t
             c.both(f"all_reduce {op} {key}", ar, reduce_ref(x, op))
@@ -280,7 +286,7 @@ def run_errors(c):
                                             output_split_sizes=[1] * c.world,
                                             input_split_sizes=[1] * c.world),
              "split sizes")
-    c.raises("sparse", lambda: dist.all_reduce(torch.ones(2).to_sparse()), "sparse")
+    c.raises("sparse", lambda: dist.all_reduce(torch.ones(2).to_sparse()), "dense")
     c.raises("send to self", lambda: dist.send(torch.ones(2), c.rank), "")
     # the group still works after those errors
     t = torch.ones(3)
