@@ -1,7 +1,8 @@
 """Every collective x dtype x op on "ccl" equals gloo (and a plain-PyTorch
-reference) at world sizes 2 (plain mpiexec) and 3 (ipex-train-run,
-oversubscribed), for empty, odd-sized, 2-D and 64 MiB tensors; DDP on ccl
-ends where DDP on gloo does. All ranks on 127.0.0.1, under timeouts."""
+reference) at world sizes 2 (plain mpiexec: oneCCL's MPI transport) and 3
+(ipex-train-run, oversubscribed, OFI/tcp transport), for empty, odd-sized, 2-D
+and 64 MiB tensors; DDP on ccl ends where DDP on gloo does. All ranks on
+127.0.0.1, under timeouts."""
 import os
 import sys
 
@@ -30,7 +31,7 @@ def test_collectives_plain_mpiexec_2_ranks(tmp_path):
 def test_collectives_ipex_train_run_3_ranks(tmp_path):
     need_ccl()
     p = run([os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "3", "--oversubscribe",
-             WORKER, str(tmp_path), "--large"], timeout=500)
+             "--transport", "ofi", WORKER, str(tmp_path), "--large"], timeout=500)
     _check(p, tmp_path, 3)
 
 
