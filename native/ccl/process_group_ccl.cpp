@@ -108,9 +108,21 @@ class WorkCCL : public c10d::Work {
   std::exception_ptr error_;
 };
 
+// A collective runs to completion in `run`. A point-to-point op instead
+// `start`s (non-blocking) and is finished by `done` once its event completes,
+// so a rank can have a send and a receive in flight at once (isend/irecv
+// pairs that would deadlock if each blocked in turn).
 struct Task {
   c10::intrusive_ptr<WorkCCL> work;
   std::function<void()> run;
+  std::function<ccl::event()> start;
+  std::function<void()> done;
+};
+
+struct InFlight {
+  Task task;
+  ccl::event ev;
+  Clock::time_point since;
 };
 
 // ---------------------------------------------------------------- helpers ---
@@ -252,17 +264,20 @@ class ProcessGroupCCL : public c10d::Backend {
   void abort_with(const std::string& why) {
     std::deque<Task> q;
     c10::intrusive_ptr<WorkCCL> cur;
+    std::vector<c10::intrusive_ptr<WorkCCL>> p2p;
     {
       std::lock_guard<std::mutex> g(m_);
       if (!aborted_.exchange(true)) reason_ = why;
       g_any_aborted.store(true);
       q.swap(queue_);
       cur = current_;
+      for (auto& f : inflight_) p2p.push_back(f.task.work);
     }
     cv_.notify_all();
     auto err = std::make_exception_ptr(c10::DistBackendError(
         {__func__, __FILE__, uint32_t(__LINE__)}, "ccl process group aborted: " + reason_));
     if (cur) cur->finish(err);
+    for (auto& w : p2p) w->finish(err);
     for (auto& t : q) t.work->finish(err);
   }
   void abort() override { abort_with("abort() called"); }
@@ -578,24 +593,20 @@ class ProcessGroupCCL : public c10d::Backend {
   c10::intrusive_ptr<c10d::Work> send(std::vector<at::Tensor>& ts, int dst, int tag) override {
     check_one(ts, "send");
     check_peer(dst, "send");
-    auto t = ts[0];
-    return enqueue(OpType::SEND, "send", ts, kUnset, [this, t, dst] {
-      auto buf = dense(t);
-      if (buf.nbytes() > 0)
-        ccl::send(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, dst, *comm_).wait();
-    });
+    auto buf = dense(ts[0]);
+    return enqueue_p2p(OpType::SEND, "send", ts, [this, buf, dst] {
+      return ccl::send(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, dst, *comm_);
+    }, [] {});
   }
 
   c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& ts, int src, int tag) override {
     check_one(ts, "recv");
     check_peer(src, "recv");
     auto t = ts[0];
-    return enqueue(OpType::RECV, "recv", ts, kUnset, [this, t, src] {
-      auto buf = dense(t);
-      if (buf.nbytes() > 0)
-        ccl::recv(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, src, *comm_).wait();
-      write_back(t, buf);
-    });
+    auto buf = dense(t);
+    return enqueue_p2p(OpType::RECV, "recv", ts, [this, buf, src] {
+      return ccl::recv(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, src, *comm_);
+    }, [t, buf] { write_back(t, buf); });
   }
 
   c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>&, int) override {
@@ -715,19 +726,106 @@ class ProcessGroupCCL : public c10d::Backend {
     return w;
   }
 
+  c10::intrusive_ptr<c10d::Work> enqueue_p2p(OpType type, const char* name,
+                                             std::vector<at::Tensor> outs,
+                                             std::function<ccl::event()> start,
+                                             std::function<void()> done) {
+    auto w = c10::make_intrusive<WorkCCL>(rank_, type, std::move(outs), timeout_, name);
+    w->pg = this;
+    {
+      std::lock_guard<std::mutex> g(m_);
+      if (aborted_.load()) fail(std::string("ccl ") + name + ": process group aborted earlier: " + reason_);
+      queue_.push_back(Task{w, nullptr, std::move(start), std::move(done)});
+      ++seq_;
+    }
+    cv_.notify_all();
+    return w;
+  }
+
+  static std::exception_ptr wrap(const std::string& name, const std::exception& e) {
+    return std::make_exception_ptr(c10::DistBackendError(
+        {__func__, __FILE__, uint32_t(__LINE__)}, "ccl " + name + " failed: " + e.what()));
+  }
+
+  // Tests the in-flight point-to-point ops (worker thread); `block` waits for
+  // all of them (before a collective, which must not overtake them).
+  void progress_p2p(bool block) {
+    while (!inflight_.empty()) {
+      bool any = false;
+      for (size_t i = 0; i < inflight_.size();) {
+        auto& f = inflight_[i];
+        std::exception_ptr err;
+        bool fin = false;
+        try {
+          fin = f.ev.test();
+          if (fin) f.task.done();
+        } catch (const std::exception& e) {
+          err = wrap(f.task.work->name(), e);
+          fin = true;
+        }
+        if (fin) {
+          auto w = f.task.work;
+          {
+            std::lock_guard<std::mutex> g(m_);
+            inflight_.erase(inflight_.begin() + i);
+          }
+          w->finish(err);
+          any = true;
+        } else {
+          ++i;
+        }
+      }
+      if (!block || aborted_.load()) return;
+      if (!any) std::this_thread::yield();
+    }
+  }
+
   void work_loop() {
     for (;;) {
       Task t;
       {
         std::unique_lock<std::mutex> g(m_);
-        cv_.wait(g, [this] { return stop_ || !queue_.empty(); });
-        if (queue_.empty()) {  // stop_ and drained
-          worker_exited_ = true;
-          cv_.notify_all();
-          return;
+        if (inflight_.empty()) {
+          cv_.wait(g, [this] { return stop_ || !queue_.empty(); });
+        } else if (queue_.empty()) {
+          cv_.wait_for(g, std::chrono::microseconds(50));
+        }
+        if (queue_.empty()) {
+          if (stop_ && inflight_.empty()) {  // drained
+            worker_exited_ = true;
+            cv_.notify_all();
+            return;
+          }
+          g.unlock();
+          progress_p2p(false);
+          if (aborted_.load()) {
+            // The abort failed their works; oneCCL may still own the events:
+            // leak them rather than destroy them mid-operation.
+            std::lock_guard<std::mutex> g2(m_);
+            new std::vector<InFlight>(std::move(inflight_));
+            inflight_.clear();
+          }
+          continue;
         }
         t = std::move(queue_.front());
         queue_.pop_front();
+      }
+      if (t.start) {  // point-to-point: start it and keep going
+        std::exception_ptr err;
+        try {
+          auto ev = t.start();
+          std::lock_guard<std::mutex> g(m_);
+          inflight_.push_back(InFlight{t, std::move(ev), Clock::now()});
+        } catch (const std::exception& e) {
+          err = wrap(t.work->name(), e);
+        }
+        if (err) t.work->finish(err);
+        progress_p2p(false);
+        continue;
+      }
+      progress_p2p(true);
+      {
+        std::lock_guard<std::mutex> g(m_);
         current_ = t.work;
         started_ = Clock::now();
       }
@@ -735,9 +833,7 @@ class ProcessGroupCCL : public c10d::Backend {
       try {
         t.run();
       } catch (const std::exception& e) {
-        err = std::make_exception_ptr(c10::DistBackendError(
-            {__func__, __FILE__, uint32_t(__LINE__)},
-            std::string("ccl ") + t.work->name() + " failed: " + e.what()));
+        err = wrap(t.work->name(), e);
       }
       {
         std::lock_guard<std::mutex> g(m_);
@@ -751,9 +847,13 @@ class ProcessGroupCCL : public c10d::Backend {
     std::unique_lock<std::mutex> g(m_);
     while (!watch_stop_) {
       cv_.wait_for(g, ms(100));
-      if (current_ && !aborted_.load() && Clock::now() - started_ > current_->timeout()) {
-        auto name = current_->name();
-        auto tmo = current_->timeout().count();
+      c10::intrusive_ptr<WorkCCL> late;
+      if (current_ && Clock::now() - started_ > current_->timeout()) late = current_;
+      for (auto& f : inflight_)
+        if (!late && Clock::now() - f.since > f.task.work->timeout()) late = f.task.work;
+      if (late && !aborted_.load()) {
+        auto name = late->name();
+        auto tmo = late->timeout().count();
         g.unlock();
         abort_with(name + " did not finish within its timeout of " + std::to_string(tmo) +
                    " ms (a peer rank may have died)");
@@ -770,6 +870,7 @@ class ProcessGroupCCL : public c10d::Backend {
   std::deque<Task> queue_;
   c10::intrusive_ptr<WorkCCL> current_;
   Clock::time_point started_;
+  std::vector<InFlight> inflight_;  // point-to-point ops started, not finished
   bool stop_ = false, watch_stop_ = false, worker_exited_ = false;
   std::atomic<bool> aborted_{false};
   std::string reason_;

@@ -19,3 +19,6 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check --no-deps)
 for f in lib/libccl.so include/oneapi/ccl.hpp bin/mpiexec lib/libmpi.so.12 lib/mpich/libfabric.so.1; do
   [ -e "$VENV/$f" ] || { echo "20-oneccl-mpi.sh: $VENV/$f missing after install" >&2; exit 1; }
 done
+# A build directory configured before oneCCL (or native/ccl) existed skips
+# native/ccl: make the next build re-run CMake's configure step.
+[ -e CMakeLists.txt ] && touch CMakeLists.txt

@@ -310,6 +310,20 @@ def run_large(c):
     ref = torch.empty_like(src)
     dist.all_to_all_single(ref, src, group=c.gloo)
     c.same("all_to_all_single 64MiB vs gloo", out, ref)
+    # 16 MiB ring of isend/irecv and batch_isend_irecv: both directions in flight
+    src = x[:4 << 20]
+    for name, group in (("ccl", None), ("gloo", c.gloo)):
+        y, z = torch.zeros_like(src), torch.zeros_like(src)
+        reqs = [dist.isend(src, (me + 1) % n, group=group), dist.irecv(y, (me - 1) % n, group=group)]
+        for q in reqs:
+            q.wait()
+        ops = [dist.P2POp(dist.isend, src, (me + 1) % n, group=group),
+               dist.P2POp(dist.irecv, z, (me - 1) % n, group=group)]
+        for q in dist.batch_isend_irecv(ops):
+            q.wait()
+        want = torch.arange(4 << 20, dtype=torch.float32).remainder_(1000) + (me - 1) % n
+        c.same(f"isend/irecv ring 16MiB {name}", y, want)
+        c.same(f"batch_isend_irecv ring 16MiB {name}", z, want)
 
 
 def main():
