@@ -124,7 +124,7 @@ def worker(args):
     cfg = make_cfg(args, "bf16")
     cfg.backend = args.worker
     rank, world = init_distributed(cfg.backend)
-    torch.set_num_threads(1)
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     rate = ours(cfg, batches(cfg), args.warmup, args.steps, rank, world)
     if rank == 0:
         print("RESULT " + json.dumps(rate), flush=True)
@@ -182,6 +182,8 @@ def main():
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-rows", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=0, help="torch threads at world size 1 "
+                   "(default: torch's); each of the 2 ranks uses cores / 2")
     p.add_argument("--timeout", type=int, default=600)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -189,6 +191,8 @@ def main():
         return worker(args)
     import ipex_train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg32, cfg16 = make_cfg(args, "fp32"), make_cfg(args, "bf16")
     data = batches(cfg32)
     print(f"DLRM training, batch {args.batch_size}, dim 64, MLPs 13-512-256-64 / "
