@@ -84,6 +84,8 @@ def run(cfg):
     source, eval_set = make_data(cfg)
     start = load_checkpoint(trainer, cfg.checkpoint_dir) if cfg.resume else 0
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
+    if cfg.resume and not start:
+        log(f"[dlrm] --resume: no checkpoint in {cfg.checkpoint_dir} yet, starting at step 0")
     log(f"[dlrm] world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
         f"({cfg.emb_optimizer}), ISA {__import__('ipex_train').isa()}, "
         f"{torch.get_num_threads()} threads/rank, tables on this rank: {trainer.placement[rank]}"
