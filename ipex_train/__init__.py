@@ -14,3 +14,4 @@ from . import optim
 __version__ = "0.1.0"
 
 __all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "__version__"]
+from . import sparse  # noqa: E402,F401  (sparse-add, sparse optimizer rules, fused embeddings)

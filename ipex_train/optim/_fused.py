@@ -48,7 +48,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 continue
             g = p.grad
             if g.is_sparse:
-                raise RuntimeError(f"{who} does not support sparse gradients")
+                self._check_sparse(group, p, g)  # applied by _step_sparse after validation
+                continue
             if g.shape != p.shape:
                 raise ValueError(f"{who}: grad of shape {tuple(g.shape)} for a param of shape {tuple(p.shape)}")
             if not p.is_contiguous():
@@ -88,10 +89,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params, grads, trails = self._gather(group)
+            for p in group["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    self._step_sparse(group, p, p.grad, self.state[p])
             for ps, gs, ts in self._split_by_kind(params, grads, trails):
                 if ps:
                     self._step_group(group, ps, gs, ts)
         return loss
 
     def _step_group(self, group, params, grads, trails):
+        raise NotImplementedError
+
+    def _check_sparse(self, group, p, grad):
+        """Validates a sparse grad (before any write); classes that take them override."""
+        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+
+    def _step_sparse(self, group, p, grad, state):
         raise NotImplementedError
