@@ -138,6 +138,13 @@ inline void update_row(const EmbHyper& h, const EmbTable& t, int64_t r, float* g
   if (!t.fp32) store_row(t, r, wbuf);
 }
 
+// Prefetches entry e's gradient row (rows of a sparse grad are read in bucket
+// order, i.e. scattered).
+inline void prefetch_src(const EmbGrad& g, int64_t e, int64_t d) {
+  const char* p = static_cast<const char*>(grad_row(g, e));
+  for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
+}
+
 inline uint64_t hash_row(int64_t r) { return static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull; }
 
 struct Scratch {
@@ -161,9 +168,12 @@ void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, cons
   Scratch& s = scratch();
   s.wbuf.resize(d);
   float* buf = s.wbuf.data();
-  constexpr int64_t kAhead = 4;
+  constexpr int64_t kAhead = 8;
   for (int64_t k = 0; k < n; ++k) {
-    if (k + kAhead < n) prefetch_row(t, row_of(in, ents[k + kAhead]));
+    if (k + kAhead < n) {
+      prefetch_row(t, row_of(in, ents[k + kAhead]));
+      prefetch_src(g, ents[k + kAhead], d);
+    }
     const int64_t e = ents[k];
     const int64_t r = row_of(in, e);
     const float sc = g.scale ? alpha * g.scale[e] : alpha;
@@ -188,7 +198,9 @@ void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGra
   s.wbuf.resize(d);
   const uint64_t mask = static_cast<uint64_t>(cap - 1);
   int64_t nu = 0;
+  constexpr int64_t kSrcAhead = 8;
   for (int64_t k = 0; k < n; ++k) {
+    if (k + kSrcAhead < n) prefetch_src(g, ents[k + kSrcAhead], d);
     const int64_t e = ents[k];
     const int64_t r = row_of(in, e);
     uint64_t hsh = (hash_row(r) >> 20) & mask;
@@ -199,12 +211,20 @@ void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGra
       s.keys[hsh] = r;
       s.slot[hsh] = static_cast<int32_t>(nu);
       s.urows[nu++] = r;
-      prefetch_row(t, r);
     }
     accumulate_any(fresh, g.bf16, s.acc.data() + s.slot[hsh] * d, grad_row(g, e), sc, d);
   }
+  constexpr int64_t kAhead = 8;
+  const int64_t state_width = h.kind == kEmbRowWiseAdagrad ? 1 : d;
   for (int64_t u = 0; u < nu; ++u) {
-    if (u + 2 < nu && t.state1) __builtin_prefetch(t.state1 + s.urows[u + 2] * (h.kind == kEmbRowWiseAdagrad ? 1 : d), 1);
+    if (u + kAhead < nu) {
+      const int64_t rn = s.urows[u + kAhead];
+      prefetch_row(t, rn);
+      if (t.state1)
+        for (int64_t x = 0; x < state_width; x += 16) __builtin_prefetch(t.state1 + rn * state_width + x, 1);
+      if (t.state2)
+        for (int64_t x = 0; x < d; x += 16) __builtin_prefetch(t.state2 + rn * d + x, 1);
+    }
     update_row(h, t, s.urows[u], s.acc.data() + u * d, s.wbuf.data());
   }
 }
@@ -222,41 +242,78 @@ void emb_dense_update(const EmbHyper& h, const EmbTable& t, const void* grad, bo
   }
 }
 
+namespace {
+
+// Pools columns [j0, j0 + W) of one bag into registers (a[W] stays in vector
+// registers: W is a compile-time constant). Per element the additions run in
+// entry order, so the result equals the plain loop's bit for bit.
+template <int W, bool kTop, bool kPsw>
+inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
+                      int64_t j0, float* out) {
+  float a[W];
+  for (int k = 0; k < W; ++k) a[k] = 0.0f;
+  const int64_t d = t.dim;
+  for (int64_t e = e0; e < e1; ++e) {
+    const int64_t r = row_of(in, e);
+    if (r == in.padding_idx) continue;
+    const float w = kPsw ? psw[e] : 1.0f;
+    if constexpr (kTop) {
+      const uint16_t* row = t.top + r * d + j0;
+      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * ipt_bf16_to_f32(row[k]) : a[k] + ipt_bf16_to_f32(row[k]);
+    } else {
+      const float* row = t.fp32 + r * d + j0;
+      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * row[k] : a[k] + row[k];
+    }
+  }
+  for (int k = 0; k < W; ++k) out[k] = a[k];
+}
+
+template <bool kTop, bool kPsw>
+inline void pool_bag(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
+                     float* acc) {
+  const int64_t d = t.dim;
+  int64_t j = 0;
+  for (; j + 32 <= d; j += 32) pool_cols<32, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
+  for (; j + 8 <= d; j += 8) pool_cols<8, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
+  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
+}
+
+}  // namespace
+
 void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0, int64_t b1,
                  void* out, bool out_bf16, int64_t ld) {
   const int64_t d = t.dim;
   Scratch& s = scratch();
   s.acc.resize(d);
   float* acc = s.acc.data();
-  constexpr int64_t kAhead = 4;
-  const int64_t e_end = bags.start[b1];
-  for (int64_t b = b0; b < b1; ++b) {
-    for (int64_t j = 0; j < d; ++j) acc[j] = 0.0f;
-    int64_t count = 0;
+  const int64_t row_bytes = d * (t.fp32 ? 4 : 2);
+  const char* base = t.fp32 ? reinterpret_cast<const char*>(t.fp32) : reinterpret_cast<const char*>(t.top);
+  // Prefetch the rows of the next bag while pooling this one.
+  auto prefetch_bag = [&](int64_t b) {
+    if (b >= b1) return;
     for (int64_t e = bags.start[b]; e < bags.start[b + 1]; ++e) {
-      if (e + kAhead < e_end) {
-        const int64_t rn = row_of(in, e + kAhead);
-        const char* p = t.fp32 ? reinterpret_cast<const char*>(t.fp32 + rn * d)
-                               : reinterpret_cast<const char*>(t.top + rn * d);
-        for (int64_t x = 0; x < d * (t.fp32 ? 4 : 2); x += 64) __builtin_prefetch(p + x);
-      }
-      const int64_t r = row_of(in, e);
-      if (r == in.padding_idx) continue;
-      ++count;
-      const float w = bags.psw ? bags.psw[e] : 1.0f;
-      if (t.fp32) {
-        const float* row = t.fp32 + r * d;
-        if (bags.psw) for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] + w * row[j];
-        else for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] + row[j];
-      } else {
-        const uint16_t* row = t.top + r * d;
-        if (bags.psw) for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] + w * ipt_bf16_to_f32(row[j]);
-        else for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] + ipt_bf16_to_f32(row[j]);
-      }
+      const char* p = base + row_of(in, e) * row_bytes;
+      for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
     }
-    if (bags.mean && count > 0) {
-      const float inv = 1.0f / static_cast<float>(count);
-      for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] * inv;
+  };
+  prefetch_bag(b0);
+  for (int64_t b = b0; b < b1; ++b) {
+    prefetch_bag(b + 1);
+    const int64_t e0 = bags.start[b], e1 = bags.start[b + 1];
+    if (t.fp32) {
+      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc);
+      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc);
+    } else {
+      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc);
+      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc);
+    }
+    if (bags.mean) {
+      int64_t count = 0;
+      for (int64_t e = e0; e < e1; ++e) count += row_of(in, e) != in.padding_idx;
+      if (count > 0) {
+        const float inv = 1.0f / static_cast<float>(count);
+        for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] * inv;
+      }
     }
     if (out_bf16) {
       uint16_t* o = static_cast<uint16_t*>(out) + b * ld;

@@ -50,7 +50,9 @@ struct EmbGrad {
 
 enum EmbOptKind : int { kEmbSgd = 0, kEmbAdagrad = 1, kEmbRowWiseAdagrad = 2, kEmbAdam = 3 };
 
-// Per-row update rules, g = the row's summed gradient (negated if maximize):
+// Per-row update rules, g = the row's summed gradient (negated if maximize).
+// (The fused embedding backward applies SGD entry by entry through
+// emb_bucket_add instead, in entry order: no per-row sum is needed.)
 //   sgd            : w -= lr * g
 //   adagrad        : s += g*g;               w -= lr * (g / (sqrt(s) + eps))   (torch sparse Adagrad)
 //   rowwise_adagrad: s_row += mean_j(g_j^2); w -= (lr / (sqrt(s_row) + eps)) * g (FBGEMM EXACT_ROWWISE_ADAGRAD)

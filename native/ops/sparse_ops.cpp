@@ -160,8 +160,11 @@ inline int64_t bucket_of(int64_t r, int shift) {
 }
 
 void plan_buckets(Work& w) {
+  // Enough buckets for every thread, and small enough that one bucket's per-row
+  // sums (entries x dim floats) stay in the L2 cache. Results do not depend on it.
   const int64_t threads = at::get_num_threads();
-  int64_t want = std::min<int64_t>(w.nnz / 1024, 8 * threads);
+  const int64_t by_cache = w.nnz * std::max<int64_t>(w.t.dim, 1) * 4 / (256 << 10);
+  const int64_t want = std::min<int64_t>(4096, std::max(by_cache, std::min<int64_t>(w.nnz / 1024, 8 * threads)));
   int lg = 0;
   while ((int64_t{1} << (lg + 1)) <= want) ++lg;
   w.nbuckets = int64_t{1} << lg;
@@ -472,6 +475,13 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
     w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), bag[t].data(), sc};
   }
   sort_entries(works);
+  if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
+    const float alpha = maximize ? h.lr : -h.lr;
+    for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
+      IPT_DISPATCH(emb_bucket_add, wk.t, wk.in, wk.g, alpha, ents, n);
+    });
+    return;
+  }
   for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.in, wk.g, ents, n);
   });
