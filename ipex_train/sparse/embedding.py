@@ -338,6 +338,10 @@ class FusedEmbeddingBag(FusedEmbeddingBagCollection):
                          initial_accumulator_value=initial_accumulator_value, dtype=dtype,
                          include_last_offset=include_last_offset)
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        # state_dict keys as nn.EmbeddingBag's: "weight" (+ "trail", "state_sum"),
+        # so an nn.EmbeddingBag checkpoint loads into an fp32 FusedEmbeddingBag.
+        self.register_state_dict_post_hook(_flatten_keys)
+        self.register_load_state_dict_pre_hook(_nest_keys)
 
     @property
     def weight(self):
@@ -350,3 +354,17 @@ class FusedEmbeddingBag(FusedEmbeddingBagCollection):
     def forward(self, input, offsets=None, per_sample_weights=None):
         return super().forward([input], None if offsets is None else [offsets],
                                None if per_sample_weights is None else [per_sample_weights])
+
+
+_INNER = "embedding_bags.weight."
+
+
+def _flatten_keys(module, state_dict, prefix, local_metadata):
+    for k in [k for k in state_dict if k.startswith(prefix + _INNER)]:
+        state_dict[prefix + k[len(prefix + _INNER):]] = state_dict.pop(k)
+
+
+def _nest_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    for name in ("weight", "trail", "state_sum"):
+        if prefix + name in state_dict:
+            state_dict[prefix + _INNER + name] = state_dict.pop(prefix + name)

@@ -281,6 +281,14 @@ def test_2d_input_no_grad_and_module_behaviour():
         out.sum().backward()
     cp = copy.deepcopy(m)
     assert torch.equal(cp.weight, m.weight)
+    # nn.EmbeddingBag's state_dict keys: a stock checkpoint loads directly
+    assert set(m.state_dict()) == {"weight"}
+    m.load_state_dict(ref.state_dict())
+    assert torch.equal(m.weight, ref.weight.detach())
+    ada = FusedEmbeddingBag(20, 3, optimizer="adagrad", dtype=torch.bfloat16)
+    assert set(ada.state_dict()) == {"weight", "trail", "state_sum"}
+    nested = nn.Sequential(ada)
+    nested.load_state_dict({k: v.clone() for k, v in nested.state_dict().items()})
 
 
 def test_opcheck():
