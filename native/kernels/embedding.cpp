@@ -2,6 +2,7 @@
 // Inner loops run over one row (dim elements) and are elementwise, so the
 // compiler vectorizes them per ISA without changing results; the one reduction
 // (row-wise Adagrad's mean of squares) uses fixed lanes summed in a fixed order.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -246,14 +247,23 @@ namespace {
 
 // Pools columns [j0, j0 + W) of one bag into registers (a[W] stays in vector
 // registers: W is a compile-time constant). Per element the additions run in
-// entry order, so the result equals the plain loop's bit for bit.
+// entry order, so the result equals the plain loop's bit for bit. The first
+// column block prefetches the row kDist entries ahead (up to e_stop).
+constexpr int64_t kDist = 16;
+
 template <int W, bool kTop, bool kPsw>
 inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
-                      int64_t j0, float* out) {
+                      int64_t j0, float* out, bool prefetch, int64_t e_stop) {
   float a[W];
   for (int k = 0; k < W; ++k) a[k] = 0.0f;
   const int64_t d = t.dim;
+  const int64_t row_bytes = d * (kTop ? 2 : 4);
+  const char* base = kTop ? reinterpret_cast<const char*>(t.top) : reinterpret_cast<const char*>(t.fp32);
   for (int64_t e = e0; e < e1; ++e) {
+    if (prefetch && e + kDist < e_stop) {
+      const char* p = base + row_of(in, e + kDist) * row_bytes;
+      for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+    }
     const int64_t r = row_of(in, e);
     if (r == in.padding_idx) continue;
     const float w = kPsw ? psw[e] : 1.0f;
@@ -270,12 +280,12 @@ inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t 
 
 template <bool kTop, bool kPsw>
 inline void pool_bag(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
-                     float* acc) {
+                     float* acc, int64_t e_stop) {
   const int64_t d = t.dim;
   int64_t j = 0;
-  for (; j + 32 <= d; j += 32) pool_cols<32, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
-  for (; j + 8 <= d; j += 8) pool_cols<8, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
-  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j);
+  for (; j + 64 <= d; j += 64) pool_cols<64, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j + 16 <= d; j += 16) pool_cols<16, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
 }
 
 }  // namespace
@@ -286,26 +296,20 @@ void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0
   Scratch& s = scratch();
   s.acc.resize(d);
   float* acc = s.acc.data();
-  const int64_t row_bytes = d * (t.fp32 ? 4 : 2);
-  const char* base = t.fp32 ? reinterpret_cast<const char*>(t.fp32) : reinterpret_cast<const char*>(t.top);
-  // Prefetch the rows of the next bag while pooling this one.
-  auto prefetch_bag = [&](int64_t b) {
-    if (b >= b1) return;
-    for (int64_t e = bags.start[b]; e < bags.start[b + 1]; ++e) {
-      const char* p = base + row_of(in, e) * row_bytes;
-      for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
-    }
-  };
-  prefetch_bag(b0);
+  const int64_t e_stop = bags.start[b1];
+  for (int64_t e = bags.start[b0]; e < std::min(e_stop, bags.start[b0] + kDist); ++e) {
+    const char* p = t.fp32 ? reinterpret_cast<const char*>(t.fp32 + row_of(in, e) * d)
+                           : reinterpret_cast<const char*>(t.top + row_of(in, e) * d);
+    for (int64_t x = 0; x < d * (t.fp32 ? 4 : 2); x += 64) __builtin_prefetch(p + x);
+  }
   for (int64_t b = b0; b < b1; ++b) {
-    prefetch_bag(b + 1);
     const int64_t e0 = bags.start[b], e1 = bags.start[b + 1];
     if (t.fp32) {
-      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc);
-      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc);
+      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc, e_stop);
+      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc, e_stop);
     } else {
-      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc);
-      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc);
+      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc, e_stop);
+      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc, e_stop);
     }
     if (bags.mean) {
       int64_t count = 0;

@@ -453,12 +453,10 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
   for_each_bag_block(s, [&](int64_t t, int64_t b0, int64_t b1) {
     const std::vector<int64_t>& st = s.starts[t];
     for (int64_t b = b0; b < b1; ++b) {
-      int64_t count = 0;
-      for (int64_t e = st[b]; e < st[b + 1]; ++e) {
-        bag[t][e] = static_cast<int32_t>(b);
-        count += idx_at(s.index[t], e) != s.index[t].padding_idx;
-      }
+      for (int64_t e = st[b]; e < st[b + 1]; ++e) bag[t][e] = static_cast<int32_t>(b);
       if (mean) {
+        int64_t count = 0;
+        for (int64_t e = st[b]; e < st[b + 1]; ++e) count += idx_at(s.index[t], e) != s.index[t].padding_idx;
         const float inv = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
         for (int64_t e = st[b]; e < st[b + 1]; ++e) scale[t][e] = inv;
       }
