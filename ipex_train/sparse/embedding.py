@@ -27,6 +27,16 @@ Storage (``dtype``): ``torch.float32``, or ``torch.bfloat16`` = split storage:
 (int16) the low halves; updates are exact fp32 arithmetic on the master value.
 The forward pools the bf16 weights (fp32 accumulation) and returns bfloat16.
 
+Typical use (DLRM: 26 tables)::
+
+    ebc = FusedEmbeddingBagCollection([(rows, 64) for rows in table_sizes],
+                                      optimizer="rowwise_adagrad", lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(ebc.optimizer, step_size=1000, gamma=0.5)
+    dense_opt = torch.optim.SGD(model.parameters(), lr=0.1)   # never sees the tables
+    out = ebc(indices, offsets)        # [B, 26 * 64]
+    loss_fn(top_mlp(out)).backward()   # <- the tables are updated here
+    dense_opt.step(); sched.step()     # sched sets ebc.optimizer's lr for the next backward
+
 State (``state_dict``): per table ``weight``, ``trail`` (bf16 storage) and
 ``state_sum`` (Adagrad: fp32 like the weight; row-wise Adagrad: fp32 [rows]),
 plus ``optimizer.state_dict()`` for the learning rate.

@@ -161,3 +161,31 @@ def test_opcheck_row_update():
                                1e-10, 0.0, 0.0, 0.0, True))
     torch.library.opcheck(op, (w, None, torch.zeros(20), None, None, torch.randn(20, 5), 2, 0.1,
                                1e-8, 0.0, 0.0, 0.0, False))
+
+
+ADAGRAD_CFGS = [dict(lr=0.1), dict(lr=0.05, lr_decay=0.01, eps=1e-8, initial_accumulator_value=0.1,
+                                   maximize=True)]
+
+
+@pytest.mark.parametrize("cfg", ADAGRAD_CFGS)
+def test_adagrad_sparse_matches_torch(cfg, isa_level):
+    grads = _grads(20, 4)
+    ours, opt = _train(ipex_train.optim.Adagrad, grads, **cfg)
+    ref, ropt = _train(torch.optim.Adagrad, grads, **cfg)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    p, rp = opt.param_groups[0]["params"][0], ropt.param_groups[0]["params"][0]
+    # duplicate rows are summed in another order than torch.coalesce: float tolerance
+    torch.testing.assert_close(opt.state[p]["sum"], ropt.state[rp]["sum"], rtol=1e-4, atol=1e-5)
+    assert float(opt.state[p]["step"]) == 20
+    split, _ = _train(ipex_train.optim.Adagrad, grads, split=True, **cfg)
+    assert torch.equal(split, ours)
+
+
+def test_adagrad_sparse_rejects_weight_decay():
+    p = torch.nn.Parameter(torch.randn(ROWS, DIM))
+    opt = ipex_train.optim.Adagrad([p], lr=0.1, weight_decay=0.1)
+    p.grad = _grads(1, 0)[0]
+    before = p.detach().clone()
+    with pytest.raises(RuntimeError, match="weight_decay"):
+        opt.step()
+    assert torch.equal(p, before)
