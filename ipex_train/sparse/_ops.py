@@ -35,3 +35,18 @@ def _embedding_bags_backward_update_fake(weights, trails, state1, state2, grad_o
                                          include_last_offset, mean, kind, lr, eps, beta1, beta2,
                                          step_size, maximize):
     return None
+
+
+@torch.library.register_fake("ipex_train::_advise_hugepages")
+def _advise_hugepages_fake(t):
+    return False
+
+
+def table_tensor(shape, dtype):
+    """An uninitialised CPU tensor for an embedding table or its state, backed by
+    transparent huge pages where the OS allows (fewer TLB misses on random rows).
+    Write it before use: pages are chosen on first touch."""
+    t = torch.empty(shape, dtype=dtype)
+    if t.numel():
+        torch.ops.ipex_train._advise_hugepages(t)
+    return t

@@ -112,24 +112,26 @@ class _Table(nn.Module):
                 raise ValueError(f"padding_idx {padding_idx} is out of range for {rows} rows")
             padding_idx %= rows
         self.padding_idx = padding_idx
-        w = torch.randn(rows, dim)  # nn.EmbeddingBag's default init, N(0, 1)
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"dtype must be torch.float32 or torch.bfloat16 (split), got {dtype}")
+        # nn.EmbeddingBag's default init, N(0, 1); tables on huge pages (see table_tensor)
+        w = _ops.table_tensor((rows, dim), torch.float32).normal_()
         if padding_idx is not None:
             w[padding_idx] = 0
         if dtype == torch.float32:
             self.register_buffer("weight", w)
             self.trail = None
-        elif dtype == torch.bfloat16:
+        else:
             top, trail = split_fp32(w)
-            self.register_buffer("weight", top)
-            self.register_buffer("trail", trail)
-        else:
-            raise TypeError(f"dtype must be torch.float32 or torch.bfloat16 (split), got {dtype}")
-        if optimizer == "adagrad":
-            self.register_buffer("state_sum", torch.full((rows, dim), float(init_accumulator)))
-        elif optimizer == "rowwise_adagrad":
-            self.register_buffer("state_sum", torch.full((rows,), float(init_accumulator)))
-        else:
+            del w
+            self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.bfloat16).copy_(top))
+            self.register_buffer("trail", _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
+        shape = {"adagrad": (rows, dim), "rowwise_adagrad": (rows,)}.get(optimizer)
+        if shape is None:
             self.state_sum = None
+        else:
+            self.register_buffer("state_sum", _ops.table_tensor(shape, torch.float32).fill_(
+                float(init_accumulator)))
 
     def master_weight(self) -> torch.Tensor:
         """The fp32 master values (a copy for split storage, the table itself for fp32)."""

@@ -77,6 +77,19 @@ inline void accumulate_any(bool first, bool bf16, float* acc, const void* src, f
   }
 }
 
+// Split-storage row += sc * src in one pass: join, add, split per element
+// (the same fp32 operations as the fp32 path, so the same bits).
+template <bool kBf16>
+inline void add_split_row(uint16_t* __restrict__ top, uint16_t* __restrict__ trail,
+                          const void* __restrict__ src, float sc, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    const float v = kBf16 ? sc * ipt_bf16_to_f32(static_cast<const uint16_t*>(src)[j])
+                          : sc * static_cast<const float*>(src)[j];
+    const float w = ipt_join(top[j], trail[j]) + v;
+    ipt_split(w, &top[j], &trail[j]);
+  }
+}
+
 inline const void* grad_row(const EmbGrad& g, int64_t e) {
   const int64_t src = g.bag ? g.bag[e] : e;
   return static_cast<const char*>(g.data) + src * g.ld * (g.bf16 ? 2 : 4);
@@ -166,9 +179,6 @@ Scratch& scratch() {
 void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, const int32_t* ents,
                     int64_t n) {
   const int64_t d = t.dim;
-  Scratch& s = scratch();
-  s.wbuf.resize(d);
-  float* buf = s.wbuf.data();
   constexpr int64_t kAhead = 8;
   for (int64_t k = 0; k < n; ++k) {
     if (k + kAhead < n) {
@@ -178,10 +188,13 @@ void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, cons
     const int64_t e = ents[k];
     const int64_t r = row_of(in, e);
     const float sc = g.scale ? alpha * g.scale[e] : alpha;
-    float* w = t.fp32 ? t.fp32 + r * d : buf;
-    if (!t.fp32) load_row(t, r, buf);
-    accumulate_any(false, g.bf16, w, grad_row(g, e), sc, d);
-    if (!t.fp32) store_row(t, r, buf);
+    if (t.fp32) {
+      accumulate_any(false, g.bf16, t.fp32 + r * d, grad_row(g, e), sc, d);
+    } else if (g.bf16) {
+      add_split_row<true>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+    } else {
+      add_split_row<false>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+    }
   }
 }
 

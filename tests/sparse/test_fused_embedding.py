@@ -303,3 +303,9 @@ def test_opcheck():
     torch.library.opcheck(bwd, (w, [], [torch.zeros(10), torch.zeros(7)], [], torch.randn(2, 7),
                                 idx, off, [], [-1, -1], True, True, 2, 0.1, 1e-8, 0.0, 0.0, 0.0,
                                 False))
+
+
+def test_opcheck_advise_hugepages():
+    t = torch.zeros(3 << 20, dtype=torch.uint8)
+    torch.library.opcheck(torch.ops.ipex_train._advise_hugepages.default, (t,))
+    assert torch.ops.ipex_train._advise_hugepages(torch.zeros(4)) is False  # under 2 MiB
