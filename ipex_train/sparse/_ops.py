@@ -39,7 +39,7 @@ def _embedding_bags_backward_update_fake(weights, trails, state1, state2, grad_o
 
 @torch.library.register_fake("ipex_train::_advise_hugepages")
 def _advise_hugepages_fake(t):
-    return False
+    return None
 
 
 def table_tensor(shape, dtype):

@@ -491,17 +491,15 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
 // madvise MADV_HUGEPAGE on its 2 MiB-aligned interior). Random row access to a
 // table of hundreds of MB misses the TLB on nearly every row with 4 KiB pages;
 // with 2 MiB pages the translations stay cached. Call it before the first
-// write (pages are chosen when first touched). Returns whether it applied.
-bool advise_hugepages(const at::Tensor& t) {
+// write (pages are chosen when first touched). A hint: nothing is returned.
+void advise_hugepages(const at::Tensor& t) {
   check_dense_cpu(t, "tensor", "ipex_train._advise_hugepages");
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
-  if (end <= begin) return false;
+  if (end <= begin) return;
 #ifdef MADV_HUGEPAGE
-  return madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE) == 0;
-#else
-  return false;
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint; errors ignored
 #endif
 }
 
@@ -510,7 +508,7 @@ bool advise_hugepages(const at::Tensor& t) {
 }  // namespace ipex_train
 
 TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
-  m.def("_advise_hugepages(Tensor t) -> bool");
+  m.def("_advise_hugepages(Tensor t) -> ()");
   m.def("sparse_add_(Tensor(a!) weight, Tensor(b!)? trail, Tensor indices, Tensor values, "
         "float alpha) -> ()");
   m.def("sparse_row_update_(Tensor(a!) weight, Tensor(b!)? trail, Tensor(c!)? state1, "
