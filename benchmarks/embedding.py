@@ -10,7 +10,7 @@ Times are the minimum over the iterations (the median is printed beside it):
 on a shared, busy machine the minimum is the steadier estimate of each code's
 own cost; ratios use the minima.
 
-    python benchmarks/embedding.py [--rows 1000000] [--iters 20]
+    python benchmarks/embedding.py [--rows 1000000] [--iters 20] [--threads N]
 """
 import argparse
 import gc
@@ -111,7 +111,10 @@ def main():
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--per-bag", type=int, default=32)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
     bw = stream_bandwidth()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "
