@@ -225,6 +225,10 @@ void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGra
       s.keys[hsh] = r;
       s.slot[hsh] = static_cast<int32_t>(nu);
       s.urows[nu++] = r;
+      // Buckets are sized to stay in L2 (ops layer), so the row fetched now is
+      // still cached when the update phase below reaches it.
+      prefetch_row(t, r);
+      if (h.kind == kEmbRowWiseAdagrad) __builtin_prefetch(t.state1 + r, 1);
     }
     accumulate_any(fresh, g.bf16, s.acc.data() + s.slot[hsh] * d, grad_row(g, e), sc, d);
   }
