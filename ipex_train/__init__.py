@@ -14,3 +14,9 @@ from . import optim
 __version__ = "0.1.0"
 
 __all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "__version__"]
+
+# BF16 split training (ipex_train/_optimize.py, ipex_train/bf16_*.py)
+from ._optimize import optimize  # noqa: E402
+from .bf16_checkpoint import fp32_state_dict, load_fp32_state_dict  # noqa: E402
+
+__all__ += ["optimize", "fp32_state_dict", "load_fp32_state_dict"]
