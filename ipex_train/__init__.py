@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "__version__"]
 
 # BF16 split training (ipex_train/_optimize.py, ipex_train/bf16_*.py)
+from . import bf16_split  # noqa: E402,F401
 from ._optimize import optimize  # noqa: E402
 from .bf16_checkpoint import fp32_state_dict, load_fp32_state_dict  # noqa: E402
 
