@@ -19,7 +19,7 @@ class Zoo(nn.Module):
         torch.manual_seed(0)
         self.emb = nn.Embedding(20, 8)
         self.bag = nn.EmbeddingBag(20, 8, mode="mean")
-        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+        self.conv = nn.Conv1d(8, 8, 3, padding=1, bias=False)  # BN follows
         self.lin = nn.Linear(8, 8)
         self.ln = nn.LayerNorm(8)
         self.bn = nn.BatchNorm1d(8)
@@ -30,9 +30,8 @@ class Zoo(nn.Module):
 
     def inference(self, ids):
         x = self.emb(ids) + self.bag(ids).unsqueeze(1)             # (B, L, 8)
-        x = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        x = self.bn(self.conv(x.transpose(1, 2))).transpose(1, 2)
         x = self.ln(self.lin(x)) * self.scale
-        x = self.bn(x.transpose(1, 2)).transpose(1, 2)
         return self.head(x)                                         # (B, L, 20)
 
 
@@ -252,3 +251,12 @@ def test_conv_and_layernorm_model_trains_without_autocast_on_bf16_input():
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_torch_adam_with_decoupled_weight_decay_becomes_our_adamw():
+    model = Zoo()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=0.1, decoupled_weight_decay=True)
+    model, new = ipex_train.optimize(model, opt, dtype=torch.bfloat16)
+    assert type(new) is ipex_train.optim.AdamW
+    assert new.param_groups[0]["weight_decay"] == 0.1
+    _train_torch(model, new, range(2), autocast=True)
