@@ -115,7 +115,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--steps", type=int, default=None,
-                    help="timed steps per configuration (default 10, or 1 without native bf16)")
+                    help="timed steps per configuration (default 10, or 3 without native bf16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -130,7 +130,7 @@ def main():
                                     + ")" if native_bf16 else
                                     "NO - this CPU lacks avx512_bf16 and AMX; oneDNN emulates bf16 "
                                     "matmuls, so (b) and (c) cannot beat fp32 here"))
-    steps = args.steps or (10 if native_bf16 else 1)
+    steps = args.steps or (10 if native_bf16 else 3)
     numel = sum(p.numel() for p in make_mlp().parameters())
     print(f"MLP {'-'.join(map(str, SIZES))}, {numel / 1e6:.2f}M params, batch {BATCH}, "
           f"median of {steps} timed steps (fp32: {max(steps, 5)})\n")
