@@ -83,8 +83,12 @@ def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=
     fp32. Save with ``optimizer.state_dict()`` (holds the trails) plus
     ``model.state_dict()``, or as fp32 with :func:`ipex_train.fp32_state_dict`;
     load fp32 weights with :func:`ipex_train.load_fp32_state_dict`.
-    Sparse gradients (``sparse=True`` embeddings) are not supported here yet:
-    ``step`` raises before writing anything.
+    Sparse gradients (``sparse=True`` embeddings) go to the native sparse
+    kernels with SGD (no momentum/weight decay, as torch) and Adagrad, in fp32
+    or split bf16 (exact, no coalesce); other optimizers raise before writing
+    anything, as torch's do. For the fastest embedding training use
+    :class:`ipex_train.sparse.FusedEmbeddingBagCollection`, which updates in
+    backward.
 
     ``dtype=torch.float32`` turns split parameters back into fp32 exactly and
     bf16 ones into fp32; float64/float16 parameters are an error in both modes.

@@ -225,9 +225,36 @@ def test_bad_inputs_raise_before_anything_changes():
     opt.step()  # the optimizer was not converted: it still works
 
 
-def test_sparse_gradients_in_bf16_mode_raise_before_writing():
+@pytest.mark.parametrize("opt_cls,kw", [(torch.optim.SGD, dict(lr=0.1)),
+                                         (torch.optim.Adagrad, dict(lr=0.1))])
+def test_sparse_gradients_in_bf16_mode_update_exactly(opt_cls, kw):
+    """EmbeddingBag(sparse=True) in bf16-split mode: the sparse kernels update
+    (top, trail) so the rebuilt fp32 weights equal an fp32 run bit for bit."""
+    torch.manual_seed(0)
+    ref = nn.EmbeddingBag(50, 8, mode="sum", sparse=True)
+    model = nn.EmbeddingBag(50, 8, mode="sum", sparse=True)
+    model.load_state_dict(ref.state_dict())
+    ref, ref_opt = ipex_train.optimize(ref, opt_cls(ref.parameters(), **kw), dtype=torch.float32)
+    model, opt = ipex_train.optimize(model, opt_cls(model.parameters(), **kw), dtype=torch.bfloat16)
+    idx = torch.randint(0, 50, (20, 3))
+    for step in range(5):
+        out = model(idx[step::5])
+        grad_out = torch.randn(out.shape)
+        out.backward(grad_out.to(out.dtype))
+        assert model.weight.grad.is_sparse
+        # the fp32 run gets the very same (bf16-valued) gradient
+        ref(idx[step::5]).backward(grad_out.bfloat16().float())
+        opt.step()
+        ref_opt.step()
+        opt.zero_grad()
+        ref_opt.zero_grad()
+    w = ipex_train.bf16_split.join(model.weight.detach(), opt.state[model.weight]["trail"])
+    assert torch.equal(w, ref.weight.detach())
+
+
+def test_sparse_gradients_with_unsupported_optimizer_raise_before_writing():
     model = nn.EmbeddingBag(10, 4, mode="sum", sparse=True)
-    model, opt = ipex_train.optimize(model, torch.optim.SGD(model.parameters(), lr=0.1),
+    model, opt = ipex_train.optimize(model, torch.optim.Adam(model.parameters(), lr=0.1),
                                      dtype=torch.bfloat16)
     w = model.weight.detach().clone()
     model(torch.tensor([[1, 2]])).float().sum().backward()
