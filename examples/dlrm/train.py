@@ -80,6 +80,9 @@ def run(cfg):
     rank, world = init_distributed(cfg.backend)
     cfg.check(world)
     torch.set_num_threads(cfg.threads or default_threads())
+    # Tiny gradients of rarely seen rows and ReLU outputs go subnormal; x86
+    # handles those in microcode, making elementwise ops ~4x slower per step.
+    torch.set_flush_denormal(True)
     trainer = Trainer(cfg, rank, world)
     source, eval_set = make_data(cfg)
     start = load_checkpoint(trainer, cfg.checkpoint_dir) if cfg.resume else 0
