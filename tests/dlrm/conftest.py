@@ -41,8 +41,9 @@ def run_inprocess(**overrides):
     before = torch.get_num_threads()
     try:
         return run(parse_args(tiny_args(**overrides)).check())
-    finally:
+    finally:  # run() sets both process-wide; leave other tests as they were
         torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
 
 
 def _free_port():
