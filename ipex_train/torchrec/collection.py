@@ -17,8 +17,8 @@ Config mapping (torchrec EmbeddingBagConfig -> ipex_train.sparse):
 
 Shared tables: the k features reading one table are pooled as k*B bags of
 that table in one lookup, so their updates land in the same rows with the
-exact summed gradient. Tables are grouped by k (one ipex_train.sparse module
-per distinct k; usually just one group with k == 1):
+exact summed gradient. Tables are grouped by (k, pooling): one
+ipex_train.sparse module per distinct pair, usually just one (k=1, SUM):
 
     group k=2, tables t3(f3,f4), t5(f6,f7), B bags per feature
     indices  [ f3 bags | f4 bags ]  for t3, [ f6 bags | f7 bags ] for t5
@@ -73,16 +73,17 @@ class FusedEBC(EmbeddingBagCollectionInterface):
         self._dims = [t.embedding_dim for t in tables for _ in t.feature_names]
         self._read = sorted({f for t in tables for f in t.feature_names})
 
-        by_k: Dict[int, List[int]] = {}
+        by_key: Dict[tuple, List[int]] = {}
         for i, t in enumerate(tables):
-            by_k.setdefault(len(t.feature_names), []).append(i)
-        self._group_k = sorted(by_k)
-        self._group_tables = [by_k[k] for k in self._group_k]
+            by_key.setdefault((len(t.feature_names), _MODES[t.pooling]), []).append(i)
+        keys = sorted(by_key)
+        self._group_k = [k for k, _ in keys]
+        self._group_tables = [by_key[key] for key in keys]
         self.groups = nn.ModuleList(
-            _backend.build([(tables[i].num_embeddings, tables[i].embedding_dim) for i in idx],
-                           [_MODES[tables[i].pooling] for i in idx], optimizer, lr, dtype,
+            _backend.build([(tables[i].name, tables[i].num_embeddings, tables[i].embedding_dim)
+                            for i in by_key[key]], key[1], optimizer, lr, dtype,
                            optimizer_kwargs)
-            for idx in self._group_tables)
+            for key in keys)
         # where table i lives: (group, position in group, first column in group output)
         self._where: Dict[int, tuple] = {}
         for g, idx in enumerate(self._group_tables):
@@ -90,7 +91,8 @@ class FusedEBC(EmbeddingBagCollectionInterface):
             for pos, i in enumerate(idx):
                 self._where[i] = (g, pos, col)
                 col += tables[i].embedding_dim
-        self._direct = self._group_k == [1]  # group output is already the KT values
+        # a single group of single-feature tables already yields the KT values
+        self._direct = self._group_k == [1]
         for name, w in (weights or {}).items():
             g, pos, _ = self._where[self._index(name)]
             _backend.load_weight(self.groups[g], pos, w)
@@ -153,6 +155,12 @@ class FusedEBC(EmbeddingBagCollectionInterface):
     @property
     def dtype(self) -> torch.dtype:
         return self._dtype
+
+    def embedding_optimizers(self) -> List[torch.optim.Optimizer]:
+        """The torch.optim.Optimizers holding the tables' lr (one per group):
+        lr schedulers drive them; their step() does nothing (updates happen
+        in backward)."""
+        return [_backend.optimizer(g) for g in self.groups]
 
     def table_weights(self) -> Dict[str, torch.Tensor]:
         """{table name: fp32 copy of its weights [rows, dim]}."""
