@@ -120,6 +120,7 @@ def main():
         import ipex_train.distributed  # noqa: F401  (registers "ccl")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group(backend, rank=rank, world_size=world)
+    assert dist.get_backend() == backend, dist.get_backend()
     torch.manual_seed(0)
     reference = Model(torch.device("cpu"))
     model = Model(torch.device("meta"))
