@@ -141,7 +141,7 @@ class FusedEBC(EmbeddingBagCollectionInterface):
             pieces = []
             for i, t in enumerate(self._configs):
                 g, _, col = self._where[i]
-                out = outs[g].view(self._group_k[g], batch, -1)
+                out = outs[g].view(self._group_k[g], batch, outs[g].shape[1])
                 pieces += [out[j, :, col:col + t.embedding_dim]
                            for j in range(len(t.feature_names))]
             pooled = torch.cat(pieces, dim=1).float()

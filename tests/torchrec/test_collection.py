@@ -221,14 +221,31 @@ def test_to_torchrec_round_trip():
     torch.testing.assert_close(back(kjt).values(), fused(kjt).values())
 
 
-def test_empty_bags_and_batch():
-    fused = itr.FusedEBC.from_ebc(make_ebc("mixed"))
-    keys = ["f0", "f1", "f2", "f3"]
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.zeros(0, dtype=torch.long),
-                                              lengths=torch.zeros(4 * 3, dtype=torch.long))
-    out = fused(kjt)
-    assert out.values().shape == (3, 8 + 3 + 17 + 5)
+@pytest.mark.parametrize("config", ["mixed", "shared"])
+def test_empty_bags_and_empty_batch(config):
+    fused = itr.FusedEBC.from_ebc(make_ebc(config))
+    keys = sorted({f for _, _, _, fs, _ in CONFIGS[config] for f in fs})
+    width = sum(d * len(fs) for _, _, d, fs, _ in CONFIGS[config])
+    empty_bags = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=torch.zeros(0, dtype=torch.long),
+        lengths=torch.zeros(len(keys) * 3, dtype=torch.long))
+    out = fused(empty_bags)
+    assert out.values().shape == (3, width)
     assert torch.count_nonzero(out.values()) == 0
+    out.values().sum().backward()  # nothing to update
+    # batch of 0 (torchrec's own EBC raises an IndexError on this one)
+    no_batch = KeyedJaggedTensor(keys=keys, values=torch.zeros(0, dtype=torch.long),
+                                 lengths=torch.zeros(0, dtype=torch.long), stride=0)
+    assert fused(no_batch).values().shape == (0, width)
+
+
+def test_int32_ids():
+    ebc = make_ebc("shared")
+    fused = itr.FusedEBC.from_ebc(ebc)
+    kjt = make_kjt("shared", 4, seed=3)
+    kjt32 = KeyedJaggedTensor.from_lengths_sync(keys=kjt.keys(), values=kjt.values().int(),
+                                                lengths=kjt.lengths().int())
+    torch.testing.assert_close(fused(kjt32).values(), ebc(kjt).values())
 
 
 @pytest.mark.xfail(strict=True, reason="torchrec 1.8 FusedEmbeddingBagCollection: with "
