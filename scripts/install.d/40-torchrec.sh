@@ -6,7 +6,8 @@
 # torchrec and fbgemm-gpu-cpu go in with --no-deps, and torchrec's real
 # run-time needs are listed here, pinned. fbgemm-gpu-cpu must stay at 1.8.0:
 # 1.9.0 is built against torch 2.14 and fails to import on 2.13. Every pip
-# call carries a torch==2.13.0 constraint so nothing can move torch.
+# call carries a torch==2.13.0 constraint, and requirements.txt's pins as
+# constraints too, so nothing here can move torch or numpy.
 # Idempotent: pip leaves already-satisfied pins alone; the import check at the
 # end fails the bootstrap loudly if the set does not work together.
 set -euo pipefail
@@ -15,9 +16,13 @@ PIP=("$VENV/bin/pip" install -q --disable-pip-version-check)
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 echo "torch==2.13.0" > "$constraints"
+grep -E '^[A-Za-z0-9_.-]+==' "$(dirname "$0")/../../requirements.txt" >> "$constraints"
 
+# torchrec's direct needs, then what they pull in, all pinned
 "${PIP[@]}" -c "$constraints" \
-    tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32
+    tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32 \
+    cloudpickle==3.1.3 pyvers==0.2.3 lightning-utilities==0.15.3 packaging==26.4 \
+    typing-inspect==0.9.0 mypy_extensions==1.2.0
 "${PIP[@]}" -c "$constraints" --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
 
 "$VENV/bin/python" - <<'PY'
