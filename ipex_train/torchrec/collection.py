@@ -52,7 +52,8 @@ class FusedEBC(EmbeddingBagCollectionInterface):
         dtype: torch.float32, or torch.bfloat16 for bf16-split tables.
         is_weighted: read KJT weights as per-sample weights (SUM tables only).
         weights: optional {table name: [rows, dim] tensor} initial values;
-            tables without one keep ipex_train.sparse's initialization.
+            tables without one are initialised as torchrec's EBC does (the
+            config's init_fn, by default uniform in +-1/sqrt(rows)).
         **optimizer_kwargs: passed to ipex_train.sparse (e.g. eps).
 
     forward(features: KeyedJaggedTensor [F keys, stride B]) -> KeyedTensor
@@ -93,8 +94,12 @@ class FusedEBC(EmbeddingBagCollectionInterface):
                 col += tables[i].embedding_dim
         # a single group of single-feature tables already yields the KT values
         self._direct = self._group_k == [1]
-        for name, w in (weights or {}).items():
-            g, pos, _ = self._where[self._index(name)]
+        weights = weights or {}
+        for i, t in enumerate(tables):
+            w = weights.get(t.name)
+            if w is None:
+                w = _torchrec_init(t)
+            g, pos, _ = self._where[i]
             _backend.load_weight(self.groups[g], pos, w)
 
     @classmethod
@@ -178,9 +183,6 @@ class FusedEBC(EmbeddingBagCollectionInterface):
                 ebc.embedding_bags[name].weight.copy_(w)
         return ebc
 
-    def _index(self, table_name: str) -> int:
-        return [t.name for t in self._configs].index(table_name)
-
     def _check_features(self, features) -> int:
         if not isinstance(features, KeyedJaggedTensor):
             raise TypeError(f"features must be a KeyedJaggedTensor, got {type(features).__name__}")
@@ -200,6 +202,17 @@ class FusedEBC(EmbeddingBagCollectionInterface):
             raise TypeError(f"features.values() must hold integer ids, got "
                             f"{features.values().dtype}")
         return features.stride()
+
+
+def _torchrec_init(config: EmbeddingBagConfig) -> torch.Tensor:
+    """Initial fp32 weights as torchrec's EmbeddingBagCollection makes them."""
+    w = torch.empty(config.num_embeddings, config.embedding_dim)
+    if config.init_fn is not None:
+        config.init_fn(w)
+    else:
+        bound = (1.0 / config.num_embeddings) ** 0.5
+        torch.nn.init.uniform_(w, -bound, bound)
+    return w
 
 
 def _concat_bags(parts):

@@ -299,3 +299,13 @@ def test_torchrec_fused_ebc_mislabels_interleaved_pooling():
     want, got = ebc(kjt).to_dict(), peer(kjt).to_dict()
     for key in want:
         torch.testing.assert_close(got[key], want[key], msg=lambda m: f"{key}: {m}")
+
+
+def test_default_init_follows_torchrec():
+    """Without weights, tables start like torchrec's: within +-1/sqrt(rows)."""
+    tables = make_ebc("mixed").embedding_bag_configs()
+    fused = itr.FusedEBC(tables)
+    for t in tables:
+        w = fused.table_weights()[t.name]
+        bound = t.num_embeddings ** -0.5
+        assert w.abs().max() <= bound and w.std() > 0, t.name
