@@ -19,3 +19,22 @@ def _register_fake(name):
 def _sgd_step_fake(params, grads, momentum_buffers, trails, lr, weight_decay, momentum,
                    dampening, nesterov, maximize, first_step):
     return None
+
+
+@_register_fake("adam_step_")
+def _adam_step_fake(params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, state_steps, trails,
+                    lr, beta1, beta2, eps, weight_decay, amsgrad, maximize,
+                    decoupled_weight_decay):
+    return None
+
+
+@_register_fake("adagrad_step_")
+def _adagrad_step_fake(params, grads, state_sums, state_steps, trails, lr, lr_decay,
+                       weight_decay, eps, maximize):
+    return None
+
+
+@_register_fake("lamb_step_")
+def _lamb_step_fake(params, grads, exp_avgs, exp_avg_sqs, state_steps, trails, lr, beta1, beta2,
+                    eps, weight_decay, max_trust_ratio, bias_correction, maximize):
+    return None

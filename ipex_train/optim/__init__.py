@@ -1,4 +1,7 @@
 """Fused optimizers: drop-in replacements for torch.optim classes."""
+from .adagrad import Adagrad
+from .adam import Adam, AdamW
+from .lamb import Lamb
 from .sgd import SGD
 
-__all__ = ["SGD"]
+__all__ = ["SGD", "Adam", "AdamW", "Adagrad", "Lamb"]

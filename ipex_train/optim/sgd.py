@@ -1,7 +1,7 @@
 """Fused SGD, a drop-in for torch.optim.SGD."""
 import torch
 
-from ._fused import FusedOptimizer
+from ._fused import FusedOptimizer, float_of
 
 
 class SGD(FusedOptimizer):
@@ -34,24 +34,26 @@ class SGD(FusedOptimizer):
 
     def _step_group(self, group, params, grads, trails):
         momentum = float(group["momentum"])
-        hyper = (float(group["lr"]), float(group["weight_decay"]), momentum,
+        hyper = (float_of(group["lr"]), float(group["weight_decay"]), momentum,
                  float(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]))
         if momentum == 0.0:
             torch.ops.ipex_train.sgd_step_(params, grads, [], trails, *hyper, False)
             return
         # Params without a buffer yet start it from their gradient (torch's rule):
         # they run as a separate call with first_step=True.
+        st = self.state
+        bufs = [st[p].get("momentum_buffer") for p in params]
+        if all(b is not None for b in bufs):
+            torch.ops.ipex_train.sgd_step_(params, grads, bufs, trails, *hyper, False)
+            return
         for first in (False, True):
-            idx = [i for i, p in enumerate(params)
-                   if ("momentum_buffer" not in self.state[p]
-                       or self.state[p]["momentum_buffer"] is None) == first]
+            idx = [i for i, b in enumerate(bufs) if (b is None) == first]
             if not idx:
                 continue
             if first:
                 for i in idx:
-                    self.state[params[i]]["momentum_buffer"] = torch.empty(
+                    bufs[i] = st[params[i]]["momentum_buffer"] = torch.empty(
                         params[i].shape, dtype=torch.float32)
-            bufs = [self.state[params[i]]["momentum_buffer"] for i in idx]
             torch.ops.ipex_train.sgd_step_(
-                [params[i] for i in idx], [grads[i] for i in idx], bufs,
+                [params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
                 [trails[i] for i in idx] if trails else [], *hyper, first)

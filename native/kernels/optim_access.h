@@ -1,6 +1,8 @@
 // Element access for the optimizer kernels, templated on storage so that each
 // (param storage, grad dtype) pair compiles to its own tight loop.
 #pragma once
+#include <type_traits>
+
 #include "kernels/bf16.h"
 #include "kernels/optim.h"
 
@@ -37,6 +39,27 @@ static inline void with_param_grad(ParamChunk p, GradChunk g, Body&& body) {
   else if (split) body(ParamIO<true>{p}, GradIO<false>{g.data});
   else if (g.is_bf16) body(ParamIO<false>{p}, GradIO<true>{g.data});
   else body(ParamIO<false>{p}, GradIO<false>{g.data});
+}
+
+// Calls body(ParamIO<split>) for kernels that read no gradient.
+template <class Body>
+static inline void with_param(ParamChunk p, Body&& body) {
+  if (p.fp32 == nullptr) body(ParamIO<true>{p});
+  else body(ParamIO<false>{p});
+}
+
+// Turns run-time flags into compile-time ones so that each combination gets
+// its own branch-free (vectorizable) loop:
+//   with_flags(body, a, b) calls body(std::bool_constant<a>{}, std::bool_constant<b>{}).
+template <class Body>
+static inline void with_flags(Body&& body) { body(); }
+
+template <class Body, class... Rest>
+static inline void with_flags(Body&& body, bool first, Rest... rest) {
+  if (first)
+    with_flags([&](auto... fs) { body(std::true_type{}, fs...); }, rest...);
+  else
+    with_flags([&](auto... fs) { body(std::false_type{}, fs...); }, rest...);
 }
 
 }  // namespace IPT_ISA_NS

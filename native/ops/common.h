@@ -115,6 +115,13 @@ void for_each_chunk(const std::vector<int64_t>& numel, Fn&& fn) {
     first_chunk[i + 1] = first_chunk[i] + (numel[i] + kChunk - 1) / kChunk;
   const int64_t total = first_chunk.back();
   if (total == 0) return;
+  int64_t elements = 0;
+  for (int64_t n : numel) elements += n;
+  if (elements <= kChunk) {  // too little work to pay for waking the thread pool
+    for (size_t t = 0; t < numel.size(); ++t)
+      for (int64_t b = 0; b < numel[t]; b += kChunk) fn(t, b, std::min(kChunk, numel[t] - b));
+    return;
+  }
   at::parallel_for(0, total, 1, [&](int64_t b, int64_t e) {
     size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), b) - first_chunk.begin() - 1;
     for (int64_t c = b; c < e; ++c) {
