@@ -1,0 +1,100 @@
+"""all_reduce and all_to_all_single on 2 ranks: "ccl" vs gloo, same run.
+
+    python benchmarks/collectives.py [--transport ofi|mpi] [--max-mib 64]
+
+Starts itself on 2 ranks with the environment's mpiexec (through
+ipex-train-run, so ranks get their cores), then each size from 4 KiB to 64 MiB
+runs on the ccl group and on a gloo group over the same ranks. Prints the
+median time per call, bus bandwidth (all_reduce: 2(n-1)/n * bytes / t;
+all_to_all: (n-1)/n * bytes / t) and the ratio gloo time / ccl time (>1: ccl
+faster).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+
+def launch(args):
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ipex-train-run"), "--nproc-per-node", "2",
+           "--transport", args.transport, os.path.abspath(__file__), "--worker",
+           "--max-mib", str(args.max_mib)]
+    if args.oversubscribe:
+        cmd.insert(3, "--oversubscribe")
+    return subprocess.call(cmd, timeout=1800)
+
+
+def timeit(fn, nbytes):
+    iters = max(3, min(50, int(256 * 2 ** 20 / max(nbytes, 1))))
+    fn()
+    fn()  # warm up (connections, buffers)
+    ts = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def worker(args):
+    import torch
+    import torch.distributed as dist
+
+    import ipex_train.distributed as ipd
+
+    ipd.init_from_env(timeout=600)
+    n, rank = dist.get_world_size(), dist.get_rank()
+    gloo = dist.new_group(backend="gloo")
+    sizes = []
+    s = 4 * 1024
+    while s <= args.max_mib * 2 ** 20:
+        sizes.append(s)
+        s *= 4
+    rows = []
+    for op in ("all_reduce", "all_to_all_single"):
+        for nbytes in sizes:
+            x = torch.randn(nbytes // 4)
+            out = torch.empty_like(x)
+            res = {}
+            for name, group in (("ccl", None), ("gloo", gloo)):
+                if op == "all_reduce":
+                    fn = lambda g=group: dist.all_reduce(x, group=g)
+                else:
+                    fn = lambda g=group: dist.all_to_all_single(out, x, group=g)
+                dist.barrier(group=gloo)
+                res[name] = timeit(fn, nbytes)
+            # both ranks report rank 0's figures after agreeing on the max
+            t = torch.tensor([res["ccl"], res["gloo"]], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
+            factor = 2 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+            rows.append((op, nbytes, t[0].item(), t[1].item(), factor))
+    if rank == 0:
+        transport = os.environ.get("CCL_ATL_TRANSPORT")
+        print(f"# 2 ranks, oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+        print(f"{'op':<18}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
+              f"{'gloo GB/s':>10}{'gloo/ccl':>9}")
+        for op, nbytes, tc, tg, f in rows:
+            size = f"{nbytes // 1024}K" if nbytes < 2 ** 20 else f"{nbytes // 2 ** 20}M"
+            print(f"{op:<18}{size:>9}{tc * 1e3:>10.3f}{tg * 1e3:>10.3f}{f * nbytes / tc / 1e9:>10.2f}"
+                  f"{f * nbytes / tg / 1e9:>10.2f}{tg / tc:>9.2f}")
+    dist.destroy_process_group()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--transport", choices=["ofi", "mpi"], default="mpi")
+    p.add_argument("--max-mib", type=int, default=64)
+    p.add_argument("--oversubscribe", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    return launch(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

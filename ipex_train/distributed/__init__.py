@@ -1,0 +1,95 @@
+"""The "ccl" process group for torch.distributed, and rank discovery.
+
+Importing this module registers the backend (``import ipex_train`` alone does
+not: it loads only the op library, so oneCCL and MPI stay optional)::
+
+    import torch.distributed as dist
+    import ipex_train.distributed as ipd
+
+    ipd.init_from_env()                 # torchrun, mpiexec, Open MPI or Slurm
+    # or: dist.init_process_group("ccl", init_method=..., rank=r, world_size=n)
+    dist.all_reduce(torch.ones(4))
+
+The backend works on CPU tensors; see native/ccl/README.md for what each
+collective does and how failures surface (a dead peer makes the others raise
+within the process group's timeout).
+"""
+import atexit
+import datetime
+import os
+import sys
+
+import torch.distributed as dist
+
+from ._env import RankInfo, discover, ensure_ccl_env
+from ._lib import load as _load
+
+__all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"]
+
+BACKEND = "ccl"
+
+
+def _create_ccl(store, rank, size, timeout):
+    """torch.distributed's creator hook: (store, rank, size, timedelta) -> Backend."""
+    ensure_ccl_env()
+    return _load().ProcessGroupCCL(store, rank, size, timeout.total_seconds())
+
+
+@atexit.register
+def _exit_after_abort():
+    """Skips oneCCL's library teardown after an abort.
+
+    An aborted group leaves a worker thread inside a oneCCL call that will
+    never return; oneCCL's static destructors then crash under it. So when a
+    group aborted, end the process here with status 1 (the job already failed
+    a collective) before C++ teardown runs.
+    """
+    mod = sys.modules.get("ipex_train._ccl")
+    if mod is not None and mod.any_aborted():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        print("ipex_train.distributed: a ccl process group was aborted; exiting with status 1 "
+              "without oneCCL teardown", file=sys.stderr, flush=True)
+        os._exit(1)
+
+
+def _register():
+    if "ccl" not in dist.Backend.backend_list:
+        dist.Backend.register_backend(BACKEND, _create_ccl, devices=["cpu"])
+
+
+def __getattr__(name):
+    if name == "ProcessGroupCCL":
+        return _load().ProcessGroupCCL
+    raise AttributeError(name)
+
+
+def init_from_env(backend=BACKEND, timeout=None, **kwargs):
+    """Initialises torch.distributed from the launcher's environment.
+
+    Rank, world size and local rank come from torchrun (RANK, WORLD_SIZE,
+    LOCAL_RANK), MPICH / Intel MPI (PMI_RANK, PMI_SIZE, MPI_LOCALRANKID), Open
+    MPI (OMPI_COMM_WORLD_*) or Slurm (SLURM_PROCID, SLURM_NTASKS, ...). When
+    MASTER_ADDR is unset under MPI, rank 0's address is broadcast with mpi4py
+    (127.0.0.1 when all ranks share one node). oneCCL's environment is set for
+    the backend unless the user set it. Returns the RankInfo found.
+    """
+    info = discover()
+    os.environ.setdefault("RANK", str(info.rank))
+    os.environ.setdefault("WORLD_SIZE", str(info.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(info.local_rank))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(info.local_size))
+    os.environ["MASTER_ADDR"] = info.master_addr
+    os.environ["MASTER_PORT"] = str(info.master_port)
+    if backend == BACKEND:
+        ensure_ccl_env(info)
+    if timeout is not None and not isinstance(timeout, datetime.timedelta):
+        timeout = datetime.timedelta(seconds=float(timeout))
+    if timeout is not None:
+        kwargs["timeout"] = timeout
+    dist.init_process_group(backend, init_method="env://", rank=info.rank,
+                            world_size=info.world_size, **kwargs)
+    return info
+
+
+_register()

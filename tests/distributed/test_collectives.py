@@ -1,0 +1,78 @@
+"""Every collective x dtype x op on "ccl" equals gloo (and a plain-PyTorch
+reference) at world sizes 2 (plain mpiexec: oneCCL's MPI transport) and 3
+(ipex-train-run, oversubscribed, OFI/tcp transport), for empty, odd-sized, 2-D
+and 64 MiB tensors; DDP on ccl ends where DDP on gloo does. All ranks on
+127.0.0.1, under timeouts."""
+import os
+import sys
+
+import pytest
+
+from _launch import BIN, HERE, need_ccl, results, run
+
+WORKER = os.path.join(HERE, "_worker_collectives.py")
+
+
+def _check(p, out_dir, world):
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    for r in results(out_dir, world):
+        assert r["world"] == world
+        assert r["checks"] > 1000, r["checks"]
+        assert not r["failures"], "\n".join(r["failures"][:20])
+
+
+def test_collectives_plain_mpiexec_2_ranks(tmp_path):
+    need_ccl()
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, WORKER, str(tmp_path),
+             "--large"], timeout=400)
+    _check(p, tmp_path, 2)
+
+
+def test_collectives_ipex_train_run_3_ranks(tmp_path):
+    need_ccl()
+    p = run([os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "3", "--oversubscribe",
+             "--transport", "ofi", WORKER, str(tmp_path), "--large"], timeout=500)
+    _check(p, tmp_path, 3)
+
+
+def test_ddp_matches_gloo(tmp_path):
+    need_ccl()
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable,
+             os.path.join(HERE, "_worker_ddp.py"), str(tmp_path)], timeout=300)
+    assert p.returncode == 0, f"{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    for r in results(tmp_path, 2):
+        for name, v in r.items():
+            assert v["moved"] > 1e-2, f"{name}: training did not change the weights"
+            assert v["max_diff_across_ranks"] == 0.0, (name, v)
+            tol = 2e-2 if "bf16" in name or "fp16" in name else 1e-5
+            assert v["max_diff_vs_gloo"] <= tol * max(1.0, v["max_abs"]), (name, v)
+
+
+def test_init_methods(tmp_path):
+    """env://, tcp:// and file:// rendezvous one after another in the same 3
+    processes (torchrun-style variables; torchrun itself would hand tcp:// its
+    agent's store), each with a subgroup."""
+    need_ccl()
+    import socket
+    import subprocess
+    from _launch import ROOT, clean_env
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "_worker_init.py"), str(port + 1),
+         str(tmp_path / "rdzv"), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+        env=clean_env(RANK=str(r), WORLD_SIZE="3", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="3",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))) for r in range(3)]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    for rank, r in enumerate(results(tmp_path, 3)):
+        sub = 2.0 if rank < 2 else 1.0  # rank 2 is outside the subgroup: untouched
+        assert r == {"env": 6.0, "tcp": 6.0, "file": 6.0, "env_sub": sub, "tcp_sub": sub,
+                     "file_sub": sub}, (rank, r)

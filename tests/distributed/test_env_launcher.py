@@ -1,0 +1,82 @@
+"""Rank discovery from each launcher's variables, and ipex-train-run's plans,
+commands and error messages (no processes started except --dry-run)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ipex_train.distributed._env import discover
+from launchers._cores import UsageError, decode, plan_cores
+from _launch import BIN, ROOT, clean_env
+
+ADDR = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+
+
+@pytest.mark.parametrize("env,want", [
+    ({"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+     ("torchrun", 3, 4, 1, 2)),
+    ({"PMI_RANK": "1", "PMI_SIZE": "2", "MPI_LOCALRANKID": "1", "MPI_LOCALNRANKS": "2"},
+     ("mpich", 1, 2, 1, 2)),
+    ({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "8",
+      "OMPI_COMM_WORLD_LOCAL_RANK": "1", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"},
+     ("openmpi", 5, 8, 1, 4)),
+    ({"SLURM_PROCID": "2", "SLURM_NTASKS": "6", "SLURM_LOCALID": "0",
+      "SLURM_NTASKS_PER_NODE": "3(x2)"}, ("slurm", 2, 6, 0, 3)),
+    ({}, ("none", 0, 1, 0, 1)),
+])
+def test_discover(env, want):
+    info = discover({**env, **ADDR})
+    assert (info.launcher, info.rank, info.world_size, info.local_rank, info.local_size) == want
+    assert info.single_node == (want[2] == want[4])
+    assert (info.master_addr, info.master_port) == ("127.0.0.1", 29500)
+
+
+def test_discover_errors():
+    with pytest.raises(ValueError, match="outside world size"):
+        discover({"RANK": "2", "WORLD_SIZE": "2", **ADDR})
+    with pytest.raises(ValueError, match="PMI_SIZE"):
+        discover({"PMI_RANK": "0", "PMI_SIZE": "two", **ADDR})
+    with pytest.raises(RuntimeError, match="MASTER_ADDR"):
+        discover({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2"})
+
+
+def test_plan_cores():
+    p = plan_cores(range(8), 2, 1, False)
+    assert p.compute == [[0, 1, 2], [4, 5, 6]] and p.workers == [[3], [7]]
+    assert decode(p.encode(), 1) == ([4, 5, 6], [7])
+    assert p.threads == 3 and not p.oversubscribed
+    p = plan_cores([0, 1], 3, 0, True)
+    assert p.compute == [[0], [1], [0]] and p.oversubscribed
+    with pytest.raises(UsageError, match="--oversubscribe"):
+        plan_cores([0, 1], 2, 1, False)
+
+
+def _run(*args):
+    return subprocess.run([os.path.join(BIN, "ipex-train-run"), *args], cwd=ROOT,
+                          env=clean_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_dry_run_prints_command_and_env(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    p = _run("--nproc-per-node", "2", "--transport", "mpi", "--dry-run", str(script), "--lr", "1")
+    assert p.returncode == 0, p.stderr
+    assert "export CCL_ATL_TRANSPORT=mpi" in p.stdout
+    assert "export FI_TCP_IFACE=lo" in p.stdout and "export OMP_NUM_THREADS=" in p.stdout
+    last = p.stdout.strip().splitlines()[-1]
+    assert "mpiexec -n 2 -ppn 2" in last and last.endswith(f"{script} --lr 1")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--nproc-per-node", "64"], "--oversubscribe"),
+    (["--nproc-per-node", "1", "--nnodes", "2"], "--hostfile"),
+    (["--nproc-per-node", "1", "--nnodes", "2", "--hostfile", "/nonexistent/hosts"], "does not exist"),
+    (["--nproc-per-node", "1", "--mpi", "/bin/echo"], "unknown MPI"),
+    (["--nproc-per-node", "0"], ">= 1"),
+])
+def test_bad_arguments(tmp_path, args, needle):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    p = _run(*args, "--dry-run", str(script))
+    assert p.returncode == 2 and needle in p.stderr, p.stderr
