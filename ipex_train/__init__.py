@@ -5,12 +5,18 @@
 
 Submodules: ``ipex_train.optim`` (fused optimizers), ``ipex_train.sparse``
 (sparse-add, fused embedding bags), ``ipex_train.distributed`` (the "ccl"
-process group), ``ipex_train.torchrec`` (TorchRec integration).
+process group; imported on demand, it registers the backend), and
+``ipex_train.torchrec`` (TorchRec integration, imported on demand).
 """
 from . import ops  # noqa: F401  (loads the native library, registers fake kernels)
 from ._isa import available_isas, best_isa, force_isa, isa
 from . import optim
+from . import sparse  # sparse-add, sparse optimizer rules, fused embeddings
+from . import bf16_split  # noqa: F401
+from ._optimize import optimize
+from .bf16_checkpoint import fp32_state_dict, load_fp32_state_dict
 
 __version__ = "0.1.0"
 
-__all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "__version__"]
+__all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "sparse", "optimize",
+           "fp32_state_dict", "load_fp32_state_dict", "__version__"]

@@ -72,9 +72,18 @@ class FusedOptimizer(torch.optim.Optimizer):
         """
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
+        sparse = None
         for i, g in enumerate(grads):
             if g.layout is not torch.strided or not g.is_contiguous():
+                if g.layout is torch.sparse_coo:
+                    self._check_sparse(group, params[i], g)  # raises where unsupported
+                    sparse = (sparse or []) + [params[i]]
+                    continue
                 grads[i] = self._dense_grad(params[i], g)
+        if sparse:  # applied by _step through _step_sparse, after all checks
+            self._sparse_params = sparse
+            keep = [i for i, p in enumerate(params) if p.grad.layout is not torch.sparse_coo]
+            params, grads = [params[i] for i in keep], [grads[i] for i in keep]
         get = self.state.get
         trails = [(get(p) or _EMPTY).get(TRAIL) for p in params]
         if all(t is None for t in trails):
@@ -144,6 +153,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params, grads, trails = self._gather(group)
+            for p in self.__dict__.pop("_sparse_params", None) or ():
+                self._step_sparse(group, p, p.grad, self.state[p])
             for ps, gs, ts in self._split_by_kind(params, grads, trails):
                 if ps:
                     self._step_group(group, ps, gs, ts)
@@ -152,6 +163,101 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _step_group(self, group, params, grads, trails):
         raise NotImplementedError
 
+    def _check_sparse(self, group, p, grad):
+        """Validates a sparse grad before anything is written; classes that take
+        sparse grads (SGD, Adagrad) override this and _step_sparse."""
+        raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
+                           f"(got layout {grad.layout})")
+
+    def _step_sparse(self, group, p, grad, state):
+        raise NotImplementedError
+
 
 # torch's own hook-and-profiler wrapper around the update, for the slow path.
 _hooked_step = torch.optim.Optimizer.profile_hook_step(FusedOptimizer._step)
+
+
+# --- Checkpoints of split-bf16 optimizers -----------------------------------
+# torch's Optimizer.load_state_dict casts every floating-point state tensor to
+# its param's dtype. For a split-bf16 param that would turn the fp32 state
+# (momentum, exp_avg, ...) into bf16 and the int16 trail into bf16 numbers,
+# destroying the master weights. FusedOptimizer.load_state_dict keeps
+# float state in fp32 and the trail in int16; it uses only torch's public
+# load-state-dict hooks: the last pre-hook checks the trails and wraps each
+# state tensor in a holder torch passes through uncast, the first post-hook
+# unwraps it.
+
+
+class _Uncast:
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor):
+        self.tensor = tensor
+
+
+def _check_and_wrap_state(opt, state_dict):
+    """Pre-hook: validates trails against our params, wraps state tensors."""
+    who = type(opt).__name__
+    saved = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+    ours = [p for g in opt.param_groups for p in g["params"]]
+    if len(saved) != len(ours):
+        return None  # torch raises its own clear error on the group sizes
+    new_state = {}
+    for idx, (pid, p) in enumerate(zip(saved, ours)):
+        st = state_dict["state"].get(pid)
+        if st is None:
+            st = {}
+        trail = st.get(TRAIL)
+        if p.dtype == torch.bfloat16:
+            if trail is None:
+                raise ValueError(
+                    f"{who}.load_state_dict: parameter {idx} (shape {tuple(p.shape)}) is split "
+                    "bfloat16 but the state dict holds no 'trail' for it (saved from an fp32 "
+                    "optimizer?); load fp32 weights with ipex_train.load_fp32_state_dict instead")
+            if not isinstance(trail, torch.Tensor) or trail.dtype != torch.int16 \
+                    or trail.shape != p.shape:
+                got = (f"{trail.dtype} {tuple(trail.shape)}" if isinstance(trail, torch.Tensor)
+                       else type(trail).__name__)
+                raise ValueError(f"{who}.load_state_dict: the 'trail' of parameter {idx} must be "
+                                 f"an int16 tensor of shape {tuple(p.shape)}, got {got}")
+        elif trail is not None:
+            raise ValueError(f"{who}.load_state_dict: parameter {idx} is {p.dtype} but the state "
+                             "dict holds a split-bf16 'trail' for it")
+    for pid, st in state_dict["state"].items():
+        if isinstance(st, dict):
+            st = {k: _Uncast(v) if isinstance(v, torch.Tensor) else v for k, v in st.items()}
+        new_state[pid] = st
+    out = dict(state_dict)
+    out["state"] = new_state
+    return out
+
+
+def _unwrap_state(opt):
+    """Post-hook: float state -> fp32 (contiguous), trail -> int16, 'step' as saved."""
+    for st in opt.state.values():
+        if not isinstance(st, dict):
+            continue
+        for k, v in list(st.items()):
+            if not isinstance(v, _Uncast):
+                continue
+            t = v.tensor.to(device="cpu")
+            if k != "step" and k != TRAIL and t.is_floating_point():
+                t = t.to(torch.float32)
+            st[k] = t.contiguous()
+
+
+def _load_state_dict(self, state_dict):
+    """torch's load_state_dict, except that float state stays fp32 and the
+    split-bf16 ``"trail"`` stays int16 (see the note above). Raises
+    ValueError before changing anything if a bf16 param's trail is missing or
+    malformed."""
+    pre = self.register_load_state_dict_pre_hook(_check_and_wrap_state)
+    post = self.register_load_state_dict_post_hook(_unwrap_state, prepend=True)
+    try:
+        torch.optim.Optimizer.load_state_dict(self, state_dict)
+    finally:
+        pre.remove()
+        post.remove()
+
+
+FusedOptimizer.load_state_dict = _load_state_dict

@@ -2,6 +2,7 @@
 import torch
 
 from ._fused import FusedOptimizer, check_hyper, float_of
+from ..sparse import optim_rules as _sparse
 
 
 class Adagrad(FusedOptimizer):
@@ -11,7 +12,8 @@ class Adagrad(FusedOptimizer):
     ``initial_accumulator_value``, ``eps``, ``maximize``); ``foreach``/``fused``
     are accepted and ignored, ``differentiable=True`` is refused. As torch
     does, the state (``step`` float32 scalar tensor, ``sum`` fp32) is created
-    in the constructor for every param. Sparse gradients are not supported yet.
+    in the constructor for every param. Sparse gradients (as
+    ``nn.Embedding(sparse=True)`` makes them) follow torch's sparse Adagrad.
     """
 
     def __init__(self, params, lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0,
@@ -49,3 +51,10 @@ class Adagrad(FusedOptimizer):
         torch.ops.ipex_train.adagrad_step_(
             params, grads, sums, steps, trails, float_of(group["lr"]), float(group["lr_decay"]),
             float(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]))
+
+    # Sparse grads (nn.Embedding(sparse=True)): torch's sparse Adagrad, touched rows only.
+    def _check_sparse(self, group, p, grad):
+        _sparse.check_adagrad(group, p, grad)
+
+    def _step_sparse(self, group, p, grad, state):
+        _sparse.step_adagrad(group, p, grad, state)

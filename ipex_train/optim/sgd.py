@@ -2,6 +2,7 @@
 import torch
 
 from ._fused import FusedOptimizer, float_of
+from ..sparse import optim_rules as _sparse
 
 
 class SGD(FusedOptimizer):
@@ -57,3 +58,10 @@ class SGD(FusedOptimizer):
             torch.ops.ipex_train.sgd_step_(
                 [params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
                 [trails[i] for i in idx] if trails else [], *hyper, first)
+
+    # Sparse grads (nn.Embedding(sparse=True)): as torch, no momentum or weight decay.
+    def _check_sparse(self, group, p, grad):
+        _sparse.check_sgd(group, p, grad)
+
+    def _step_sparse(self, group, p, grad, state):
+        _sparse.step_sgd(group, p, grad, state.get("trail"))

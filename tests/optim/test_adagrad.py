@@ -50,9 +50,24 @@ def test_state_created_like_torch_and_round_trips():
             assert torch.equal(back.state_dict()["state"][k][key], v)
 
 
-def test_sparse_grad_raises_clearly():
+def test_sparse_grad_follows_torch_sparse_adagrad():
+    # sparse grads go to ipex_train.sparse's rule; tests/sparse/test_sparse_optim.py covers more
     emb = torch.nn.Embedding(10, 3, sparse=True)
-    opt = ipex_train.optim.Adagrad(emb.parameters())
+    ref = torch.nn.Embedding(10, 3, sparse=True)
+    with torch.no_grad():
+        ref.weight.copy_(emb.weight)
+    for m, opt in ((emb, ipex_train.optim.Adagrad(emb.parameters())),
+                   (ref, torch.optim.Adagrad(ref.parameters()))):
+        for _ in range(3):
+            m(torch.tensor([1, 2, 1])).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(emb.weight, ref.weight)
+
+
+def test_sparse_grad_raises_clearly_where_unsupported():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = ipex_train.optim.Adam(emb.parameters())
     emb(torch.tensor([1, 2])).sum().backward()
     before = emb.weight.detach().clone()
     with pytest.raises(RuntimeError, match="sparse gradients"):

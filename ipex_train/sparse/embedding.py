@@ -1,0 +1,382 @@
+"""Embedding bags whose backward applies the optimizer update in place.
+
+``FusedEmbeddingBagCollection`` holds T tables and pools all of them in one
+native call; its backward is one more native call that, for every touched
+row, sums the row's gradient from ``grad_output`` and applies SGD, Adagrad or
+row-wise Adagrad straight into the table. No weight-gradient tensor is ever
+materialised, and the weights are buffers, not parameters: a dense optimizer
+built from ``model.parameters()`` never sees them. This is what FBGEMM's
+table-batched embeddings and TorchRec's fused EmbeddingBagCollection do.
+
+    indices[t]  (int32/int64, [nnz_t])  offsets[t] ([B] or [B+1])
+         |                                   |
+         v                                   v
+    table t [rows_t, dim_t] --pool each bag--> out[:, col_t : col_t + dim_t]
+    out = [B, dim_0 + dim_1 + ...]          (like TorchRec's KeyedTensor.values())
+
+Learning rate: each module has ``.optimizer``, a ``torch.optim.Optimizer``
+whose single param group holds ``lr`` (and ``eps``). The backward reads
+``optimizer.param_groups[0]["lr"]`` at the time it runs, so assigning to it,
+or driving it with any ``torch.optim.lr_scheduler`` (``StepLR(emb.optimizer,
+...)``), changes the rate of the next update. ``optimizer.step()`` and
+``zero_grad()`` do nothing (the update already happened in backward); calling
+them keeps training loops and schedulers uniform.
+
+Storage (``dtype``): ``torch.float32``, or ``torch.bfloat16`` = split storage:
+``weight`` holds the bf16 top halves of the fp32 master values and ``trail``
+(int16) the low halves; updates are exact fp32 arithmetic on the master value.
+The forward pools the bf16 weights (fp32 accumulation) and returns bfloat16.
+
+Typical use (DLRM: 26 tables)::
+
+    ebc = FusedEmbeddingBagCollection([(rows, 64) for rows in table_sizes],
+                                      optimizer="rowwise_adagrad", lr=0.05)
+    sched = torch.optim.lr_scheduler.StepLR(ebc.optimizer, step_size=1000, gamma=0.5)
+    dense_opt = torch.optim.SGD(model.parameters(), lr=0.1)   # never sees the tables
+    out = ebc(indices, offsets)        # [B, 26 * 64]
+    loss_fn(top_mlp(out)).backward()   # <- the tables are updated here
+    dense_opt.step(); sched.step()     # sched sets ebc.optimizer's lr for the next backward
+
+State (``state_dict``): per table ``weight``, ``trail`` (bf16 storage) and
+``state_sum`` (Adagrad: fp32 like the weight; row-wise Adagrad: fp32 [rows]),
+plus ``optimizer.state_dict()`` for the learning rate.
+"""
+import dataclasses
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from . import _ops
+
+_KINDS = {"sgd": _ops.SGD, "adagrad": _ops.ADAGRAD, "rowwise_adagrad": _ops.ROWWISE_ADAGRAD}
+_DEFAULT_EPS = {"sgd": 0.0, "adagrad": 1e-10, "rowwise_adagrad": 1e-8}
+
+
+@dataclasses.dataclass
+class TableConfig:
+    """One table of a FusedEmbeddingBagCollection."""
+    num_embeddings: int
+    embedding_dim: int
+    name: Optional[str] = None
+    padding_idx: Optional[int] = None
+
+
+def join_split(top: torch.Tensor, trail: torch.Tensor) -> torch.Tensor:
+    """fp32 master values of split storage (bf16 top halves + int16 trails)."""
+    hi = top.view(torch.int16).to(torch.int32) << 16
+    lo = trail.to(torch.int32) & 0xFFFF
+    return (hi | lo).view(torch.float32)
+
+
+def split_fp32(w: torch.Tensor):
+    """(bf16 top halves, int16 trails) of fp32 values: an exact bit partition."""
+    bits = w.contiguous().view(torch.int32)
+    top = (bits >> 16).to(torch.int16).view(torch.bfloat16)
+    trail = (bits & 0xFFFF).to(torch.int16)
+    return top, trail
+
+
+class FusedEmbeddingOptimizer(torch.optim.Optimizer):
+    """Holds the learning rate of fused embedding tables (see the module docstring).
+
+    A real ``torch.optim.Optimizer`` so that lr schedulers and checkpointing work;
+    its params are the tables' weights. ``step()`` only runs the closure: the
+    update is applied during backward, with ``param_groups[0]["lr"]``.
+    """
+
+    def __init__(self, weights, lr, eps, optimizer):
+        super().__init__(list(weights), dict(lr=lr, eps=eps, optimizer=optimizer))
+
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True):
+        pass
+
+
+class _Table(nn.Module):
+    """Buffers of one table: weight, optional trail, optional Adagrad state."""
+
+    def __init__(self, rows, dim, dtype, optimizer, padding_idx, init_accumulator):
+        super().__init__()
+        if rows < 1 or dim < 1:
+            raise ValueError(f"a table needs num_embeddings >= 1 and embedding_dim >= 1, got "
+                             f"({rows}, {dim})")
+        if padding_idx is not None:
+            if not -rows <= padding_idx < rows:
+                raise ValueError(f"padding_idx {padding_idx} is out of range for {rows} rows")
+            padding_idx %= rows
+        self.padding_idx = padding_idx
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise TypeError(f"dtype must be torch.float32 or torch.bfloat16 (split), got {dtype}")
+        # nn.EmbeddingBag's default init, N(0, 1); tables on huge pages (see table_tensor)
+        w = _ops.table_tensor((rows, dim), torch.float32).normal_()
+        if padding_idx is not None:
+            w[padding_idx] = 0
+        if dtype == torch.float32:
+            self.register_buffer("weight", w)
+            self.trail = None
+        else:
+            top, trail = split_fp32(w)
+            del w
+            self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.bfloat16).copy_(top))
+            self.register_buffer("trail", _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
+        shape = {"adagrad": (rows, dim), "rowwise_adagrad": (rows,)}.get(optimizer)
+        if shape is None:
+            self.state_sum = None
+        else:
+            self.register_buffer("state_sum", _ops.table_tensor(shape, torch.float32).fill_(
+                float(init_accumulator)))
+
+    def master_weight(self) -> torch.Tensor:
+        """The fp32 master values (a copy for split storage, the table itself for fp32)."""
+        return self.weight if self.trail is None else join_split(self.weight, self.trail)
+
+    @torch.no_grad()
+    def set_master_weight(self, w: torch.Tensor):
+        """Overwrites the table with fp32 values ``w`` [rows, dim]."""
+        if tuple(w.shape) != tuple(self.weight.shape):
+            raise ValueError(f"expected shape {tuple(self.weight.shape)}, got {tuple(w.shape)}")
+        w = w.to(torch.float32)
+        if self.trail is None:
+            self.weight.copy_(w)
+        else:
+            top, trail = split_fp32(w)
+            self.weight.copy_(top)
+            self.trail.copy_(trail)
+
+    def _apply(self, fn, recurse=True):
+        # The tables keep their storage: dtype is fixed at construction (a cast
+        # would break the top/trail split), and the kernels are CPU-only.
+        for buf in self._buffers.values():
+            if buf is not None:
+                probe = fn(torch.empty(0, dtype=buf.dtype))
+                if probe.device.type != "cpu":
+                    raise RuntimeError("fused embedding tables live on the CPU; cannot move "
+                                       f"them to {probe.device}")
+        return self
+
+
+class _FusedLookup(torch.autograd.Function):
+    """forward: pooled lookups of all tables; backward: the fused update."""
+
+    @staticmethod
+    def forward(ctx, anchor, owner, n, *tensors):
+        indices, offsets, psw = tensors[:n], tensors[n:2 * n], tensors[2 * n:]
+        tables = owner._table_list()
+        out = torch.ops.ipex_train.embedding_bags_forward(
+            [t.weight for t in tables], list(indices), list(offsets), list(psw),
+            owner._padding, owner.include_last_offset, owner.mode == "mean")
+        ctx.owner, ctx.n, ctx.done = owner, n, False
+        ctx.save_for_backward(*tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.done:
+            raise RuntimeError("fused embedding backward ran twice for one forward: the "
+                               "optimizer update would be applied twice")
+        ctx.done = True
+        owner, n = ctx.owner, ctx.n
+        tensors = ctx.saved_tensors
+        indices, offsets, psw = tensors[:n], tensors[n:2 * n], tensors[2 * n:]
+        grad_output = grad_output.contiguous()
+        psw_grads = [None] * len(psw)
+        if psw and any(ctx.needs_input_grad[3 + 2 * n:]):
+            psw_grads = owner._psw_grads(grad_output, indices, offsets)  # before the update
+        owner._update(grad_output, list(indices), list(offsets), list(psw))
+        return (None, None, None) + (None,) * (2 * n) + tuple(psw_grads)
+
+
+class FusedEmbeddingBagCollection(nn.Module):
+    """T embedding-bag tables, pooled in one call, updated in their backward.
+
+    Args:
+        tables: list of ``(num_embeddings, embedding_dim)`` pairs or ``TableConfig``.
+        mode: ``"sum"`` or ``"mean"`` (as nn.EmbeddingBag).
+        optimizer: ``"sgd"``, ``"adagrad"`` (torch.optim.Adagrad's sparse rule) or
+            ``"rowwise_adagrad"`` (FBGEMM's EXACT_ROWWISE_ADAGRAD).
+        lr, eps: the update's hyperparameters (eps defaults: 1e-10 Adagrad as torch,
+            1e-8 row-wise as FBGEMM). ``lr`` lives in ``self.optimizer``.
+        initial_accumulator_value: starting value of the Adagrad sums.
+        dtype: ``torch.float32`` or ``torch.bfloat16`` (split storage, bf16 output).
+        include_last_offset: as nn.EmbeddingBag.
+
+    forward(indices, offsets=None, per_sample_weights=None): lists with one entry
+    per table (``offsets`` may be None for 2-D ``[B, L]`` indices); returns
+    ``[B, sum of dims]``, tables concatenated along dim 1 in order.
+    Gradients reach ``per_sample_weights`` (mode "sum") if they require grad.
+    """
+
+    def __init__(self, tables: Sequence[Union[TableConfig, tuple]], mode="sum",
+                 optimizer="sgd", lr=0.01, eps=None, initial_accumulator_value=0.0,
+                 dtype=torch.float32, include_last_offset=False):
+        super().__init__()
+        if mode not in ("sum", "mean"):
+            raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
+        if optimizer not in _KINDS:
+            raise ValueError(f"optimizer must be one of {sorted(_KINDS)}, got {optimizer!r}")
+        if lr < 0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        configs = [t if isinstance(t, TableConfig) else TableConfig(*t) for t in tables]
+        if not configs:
+            raise ValueError("FusedEmbeddingBagCollection needs at least one table")
+        self.mode, self.include_last_offset, self.dtype = mode, bool(include_last_offset), dtype
+        self.optimizer_kind = optimizer
+        self.embedding_bags = nn.ModuleDict()
+        for i, c in enumerate(configs):
+            name = c.name or f"t{i}"
+            if name in self.embedding_bags:
+                raise ValueError(f"duplicate table name {name!r}")
+            self.embedding_bags[name] = _Table(c.num_embeddings, c.embedding_dim, dtype, optimizer,
+                                               c.padding_idx, initial_accumulator_value)
+        self.embedding_dims = [c.embedding_dim for c in configs]
+        self._padding = [-1 if t.padding_idx is None else t.padding_idx for t in self._table_list()]
+        eps = _DEFAULT_EPS[optimizer] if eps is None else float(eps)
+        self.optimizer = FusedEmbeddingOptimizer([t.weight for t in self._table_list()], lr, eps,
+                                                 optimizer)
+        self._anchor = torch.zeros((), requires_grad=True)
+
+    def _table_list(self) -> List[_Table]:
+        return list(self.embedding_bags.values())
+
+    def _bags(self, t, idx, off, psw):
+        """Normalises one table's (indices, offsets, per_sample_weights) to 1-D."""
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"indices[{t}] must be a Tensor, got {type(idx).__name__}")
+        if idx.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"indices[{t}] must be int32 or int64, got {idx.dtype}")
+        if idx.dim() == 2:
+            if off is not None:
+                raise ValueError(f"offsets[{t}] must be None when indices[{t}] is 2-D [B, L]")
+            b, l = idx.shape
+            off = torch.arange(b + int(self.include_last_offset), dtype=idx.dtype) * l
+            idx = idx.reshape(-1)
+            if psw is not None:
+                psw = psw.reshape(-1)
+        elif idx.dim() == 1:
+            if off is None:
+                raise ValueError(f"offsets[{t}] is required when indices[{t}] is 1-D")
+        else:
+            raise ValueError(f"indices[{t}] must be 1-D (with offsets) or 2-D [B, L], got shape "
+                             f"{tuple(idx.shape)}")
+        if psw is not None:
+            if self.mode != "sum":
+                raise ValueError("per_sample_weights are only supported with mode='sum'")
+            if psw.dtype != torch.float32:
+                raise TypeError(f"per_sample_weights[{t}] must be float32, got {psw.dtype}")
+            if tuple(psw.shape) != tuple(idx.shape):
+                raise ValueError(f"per_sample_weights[{t}] has shape {tuple(psw.shape)} but "
+                                 f"indices[{t}] has shape {tuple(idx.shape)}")
+        return idx.contiguous(), off.contiguous(), psw
+
+    def forward(self, indices: List[torch.Tensor], offsets: Optional[List] = None,
+                per_sample_weights: Optional[List] = None) -> torch.Tensor:
+        n = len(self.embedding_dims)
+        if len(indices) != n:
+            raise ValueError(f"expected {n} index tensors (one per table), got {len(indices)}")
+        offsets = [None] * n if offsets is None else list(offsets)
+        if len(offsets) != n:
+            raise ValueError(f"expected {n} offset tensors (one per table), got {len(offsets)}")
+        if per_sample_weights is not None and len(per_sample_weights) != n:
+            raise ValueError(f"expected {n} per_sample_weights tensors, got "
+                             f"{len(per_sample_weights)}")
+        psws = per_sample_weights or [None] * n
+        if per_sample_weights is not None and any(p is None for p in psws):
+            raise ValueError("per_sample_weights: give a tensor for every table or None")
+        norm = [self._bags(t, indices[t], offsets[t], psws[t]) for t in range(n)]
+        idx = [x[0] for x in norm]
+        off = [x[1] for x in norm]
+        psw = [x[2] for x in norm] if per_sample_weights is not None else []
+        if not torch.is_grad_enabled():
+            return torch.ops.ipex_train.embedding_bags_forward(
+                [t.weight for t in self._table_list()], idx, off, psw, self._padding,
+                self.include_last_offset, self.mode == "mean")
+        return _FusedLookup.apply(self._anchor, self, n, *idx, *off, *psw)
+
+    def _update(self, grad_output, indices, offsets, psw):
+        tables = self._table_list()
+        group = self.optimizer.param_groups[0]
+        kind = _KINDS[self.optimizer_kind]
+        state1 = [t.state_sum for t in tables] if kind != _ops.SGD else []
+        trails = [t.trail for t in tables] if tables[0].trail is not None else []
+        torch.ops.ipex_train.embedding_bags_backward_update_(
+            [t.weight for t in tables], trails, state1, [], grad_output, indices, offsets,
+            [p.detach() for p in psw], self._padding, self.include_last_offset,
+            self.mode == "mean", kind, float(group["lr"]), float(group["eps"]), 0.0, 0.0, 0.0,
+            False)
+
+    def _psw_grads(self, grad_output, indices, offsets):
+        """d out / d per_sample_weights[e] = <grad_output[bag(e)], weight[idx(e)]> (0 for padding)."""
+        grads, col = [], 0
+        for t, (tab, idx, off) in enumerate(zip(self._table_list(), indices, offsets)):
+            d = tab.weight.shape[1]
+            starts = off[:-1] if self.include_last_offset else off
+            sizes = torch.diff(starts.to(torch.int64), append=torch.tensor([idx.numel()]))
+            bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+            g = grad_output[:, col:col + d].float().index_select(0, bag)
+            w = tab.weight.float().index_select(0, idx.to(torch.int64))
+            gr = (g * w).sum(1)
+            if tab.padding_idx is not None:
+                gr = gr.masked_fill(idx == tab.padding_idx, 0.0)
+            grads.append(gr)
+            col += d
+        return grads
+
+    def table(self, i: Union[int, str]) -> _Table:
+        """Table ``i`` (by position or name): ``.weight``, ``.trail``, ``.state_sum``,
+        ``.master_weight()``, ``.set_master_weight(w)``."""
+        return self._table_list()[i] if isinstance(i, int) else self.embedding_bags[i]
+
+
+class FusedEmbeddingBag(FusedEmbeddingBagCollection):
+    """One fused table with nn.EmbeddingBag's call: ``forward(input, offsets=None,
+    per_sample_weights=None) -> [B, embedding_dim]``. See FusedEmbeddingBagCollection
+    for the update-in-backward contract, lr scheduling and state.
+
+    ``self.weight`` (and ``self.trail`` for bf16 split storage) is the table.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, mode="sum", optimizer="sgd", lr=0.01,
+                 eps=None, initial_accumulator_value=0.0, dtype=torch.float32, padding_idx=None,
+                 include_last_offset=False):
+        super().__init__([TableConfig(num_embeddings, embedding_dim, "weight", padding_idx)],
+                         mode=mode, optimizer=optimizer, lr=lr, eps=eps,
+                         initial_accumulator_value=initial_accumulator_value, dtype=dtype,
+                         include_last_offset=include_last_offset)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        # state_dict keys as nn.EmbeddingBag's: "weight" (+ "trail", "state_sum"),
+        # so an nn.EmbeddingBag checkpoint loads into an fp32 FusedEmbeddingBag.
+        self.register_state_dict_post_hook(_flatten_keys)
+        self.register_load_state_dict_pre_hook(_nest_keys)
+
+    @property
+    def weight(self):
+        return self.table(0).weight
+
+    @property
+    def trail(self):
+        return self.table(0).trail
+
+    def forward(self, input, offsets=None, per_sample_weights=None):
+        return super().forward([input], None if offsets is None else [offsets],
+                               None if per_sample_weights is None else [per_sample_weights])
+
+
+_INNER = "embedding_bags.weight."
+
+
+def _flatten_keys(module, state_dict, prefix, local_metadata):
+    for k in [k for k in state_dict if k.startswith(prefix + _INNER)]:
+        state_dict[prefix + k[len(prefix + _INNER):]] = state_dict.pop(k)
+
+
+def _nest_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+    for name in ("weight", "trail", "state_sum"):
+        if prefix + name in state_dict:
+            state_dict[prefix + _INNER + name] = state_dict.pop(prefix + name)

@@ -1,0 +1,350 @@
+// Sparse row updates and embedding-bag forward; see embedding.h for the model.
+// Inner loops run over one row (dim elements) and are elementwise, so the
+// compiler vectorizes them per ISA without changing results; the one reduction
+// (row-wise Adagrad's mean of squares) uses fixed lanes summed in a fixed order.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/bf16.h"
+#include "kernels/embedding.h"
+
+namespace ipex_train {
+namespace IPT_ISA_NS {
+namespace {
+
+constexpr int kLanes = 16;
+
+inline int64_t row_of(EmbIndex in, int64_t e) {
+  return in.idx64 ? static_cast<const int64_t*>(in.idx)[e]
+                  : static_cast<const int32_t*>(in.idx)[e];
+}
+
+// Loads the fp32 master row r into buf (split) or returns a pointer to it (fp32).
+inline void load_row(const EmbTable& t, int64_t r, float* buf) {
+  const int64_t d = t.dim;
+  const uint16_t* top = t.top + r * d;
+  const uint16_t* trail = t.trail + r * d;
+  for (int64_t j = 0; j < d; ++j) buf[j] = ipt_join(top[j], trail[j]);
+}
+
+inline void store_row(const EmbTable& t, int64_t r, const float* buf) {
+  const int64_t d = t.dim;
+  uint16_t* top = t.top + r * d;
+  uint16_t* trail = t.trail + r * d;
+  for (int64_t j = 0; j < d; ++j) ipt_split(buf[j], &top[j], &trail[j]);
+}
+
+inline void prefetch_row(const EmbTable& t, int64_t r) {
+  if (t.fp32) {
+    const char* p = reinterpret_cast<const char*>(t.fp32 + r * t.dim);
+    for (int64_t b = 0; b < t.dim * 4; b += 64) __builtin_prefetch(p + b, 1);
+  } else {
+    const char* p = reinterpret_cast<const char*>(t.top + r * t.dim);
+    const char* q = reinterpret_cast<const char*>(t.trail + r * t.dim);
+    for (int64_t b = 0; b < t.dim * 2; b += 64) {
+      __builtin_prefetch(p + b, 1);
+      __builtin_prefetch(q + b, 1);
+    }
+  }
+}
+
+// acc[j] (=|+=) scale * src[j], src fp32 or bf16.
+template <bool kFirst, bool kBf16>
+inline void accumulate(float* acc, const void* src, float scale, int64_t d) {
+  if constexpr (kBf16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t j = 0; j < d; ++j) {
+      const float v = scale * ipt_bf16_to_f32(s[j]);
+      acc[j] = kFirst ? v : acc[j] + v;
+    }
+  } else {
+    const float* s = static_cast<const float*>(src);
+    for (int64_t j = 0; j < d; ++j) {
+      const float v = scale * s[j];
+      acc[j] = kFirst ? v : acc[j] + v;
+    }
+  }
+}
+
+inline void accumulate_any(bool first, bool bf16, float* acc, const void* src, float scale, int64_t d) {
+  if (first) {
+    if (bf16) accumulate<true, true>(acc, src, scale, d);
+    else accumulate<true, false>(acc, src, scale, d);
+  } else {
+    if (bf16) accumulate<false, true>(acc, src, scale, d);
+    else accumulate<false, false>(acc, src, scale, d);
+  }
+}
+
+// Split-storage row += sc * src in one pass: join, add, split per element
+// (the same fp32 operations as the fp32 path, so the same bits).
+template <bool kBf16>
+inline void add_split_row(uint16_t* __restrict__ top, uint16_t* __restrict__ trail,
+                          const void* __restrict__ src, float sc, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    const float v = kBf16 ? sc * ipt_bf16_to_f32(static_cast<const uint16_t*>(src)[j])
+                          : sc * static_cast<const float*>(src)[j];
+    const float w = ipt_join(top[j], trail[j]) + v;
+    ipt_split(w, &top[j], &trail[j]);
+  }
+}
+
+inline const void* grad_row(const EmbGrad& g, int64_t e) {
+  const int64_t src = g.bag ? g.bag[e] : e;
+  return static_cast<const char*>(g.data) + src * g.ld * (g.bf16 ? 2 : 4);
+}
+
+// Sum of squares of g[0..d) in a fixed order: kLanes partial sums (lane j % kLanes),
+// then the lanes added left to right. The same on every ISA.
+inline float sum_squares(const float* g, int64_t d) {
+  float lane[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= d; j += kLanes)
+    for (int k = 0; k < kLanes; ++k) lane[k] = lane[k] + g[j + k] * g[j + k];
+  for (int k = 0; j + k < d; ++k) lane[k] = lane[k] + g[j + k] * g[j + k];
+  float s = 0.0f;
+  for (int k = 0; k < kLanes; ++k) s = s + lane[k];
+  return s;
+}
+
+// Applies the update rule to row r with gradient g (g may be modified).
+inline void update_row(const EmbHyper& h, const EmbTable& t, int64_t r, float* g, float* wbuf) {
+  const int64_t d = t.dim;
+  if (h.maximize)
+    for (int64_t j = 0; j < d; ++j) g[j] = -g[j];
+  float* w = t.fp32 ? t.fp32 + r * d : wbuf;
+  if (!t.fp32) load_row(t, r, wbuf);
+  const float lr = h.lr, eps = h.eps;
+  switch (h.kind) {
+    case kEmbSgd:
+      for (int64_t j = 0; j < d; ++j) w[j] = w[j] - lr * g[j];
+      break;
+    case kEmbAdagrad: {
+      float* s = t.state1 + r * d;
+      for (int64_t j = 0; j < d; ++j) {
+        s[j] = s[j] + g[j] * g[j];
+        w[j] = w[j] - lr * (g[j] / (std::sqrt(s[j]) + eps));
+      }
+      break;
+    }
+    case kEmbRowWiseAdagrad: {
+      const float mean = d > 0 ? sum_squares(g, d) / static_cast<float>(d) : 0.0f;
+      const float s = t.state1[r] + mean;
+      t.state1[r] = s;
+      const float mult = lr / (std::sqrt(s) + eps);
+      for (int64_t j = 0; j < d; ++j) w[j] = w[j] - mult * g[j];
+      break;
+    }
+    default: {  // kEmbAdam
+      float* m = t.state1 + r * d;
+      float* v = t.state2 + r * d;
+      const float c1 = 1.0f - h.beta1, c2 = 1.0f - h.beta2, neg_step = -h.step_size;
+      for (int64_t j = 0; j < d; ++j) {
+        const float mj = m[j] + (g[j] - m[j]) * c1;
+        const float vj = v[j] + (g[j] * g[j] - v[j]) * c2;
+        m[j] = mj;
+        v[j] = vj;
+        w[j] = w[j] + neg_step * (mj / (std::sqrt(vj) + eps));
+      }
+    }
+  }
+  if (!t.fp32) store_row(t, r, wbuf);
+}
+
+// Prefetches entry e's gradient row (rows of a sparse grad are read in bucket
+// order, i.e. scattered).
+inline void prefetch_src(const EmbGrad& g, int64_t e, int64_t d) {
+  const char* p = static_cast<const char*>(grad_row(g, e));
+  for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
+}
+
+inline uint64_t hash_row(int64_t r) { return static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull; }
+
+struct Scratch {
+  std::vector<int64_t> keys;  // open-addressing table: row or -1
+  std::vector<int32_t> slot;  // its slot in urows/acc
+  std::vector<int64_t> urows;
+  std::vector<float> acc;
+  std::vector<float> wbuf;
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
+}  // namespace
+
+void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, const int32_t* ents,
+                    int64_t n) {
+  const int64_t d = t.dim;
+  constexpr int64_t kAhead = 8;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k + kAhead < n) {
+      prefetch_row(t, row_of(in, ents[k + kAhead]));
+      prefetch_src(g, ents[k + kAhead], d);
+    }
+    const int64_t e = ents[k];
+    const int64_t r = row_of(in, e);
+    const float sc = g.scale ? alpha * g.scale[e] : alpha;
+    if (t.fp32) {
+      accumulate_any(false, g.bf16, t.fp32 + r * d, grad_row(g, e), sc, d);
+    } else if (g.bf16) {
+      add_split_row<true>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+    } else {
+      add_split_row<false>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+    }
+  }
+}
+
+void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGrad g,
+                       const int32_t* ents, int64_t n) {
+  if (n == 0) return;
+  const int64_t d = t.dim;
+  Scratch& s = scratch();
+  int64_t cap = 16;
+  while (cap < 2 * n) cap *= 2;
+  s.keys.assign(cap, -1);
+  s.slot.resize(cap);
+  s.urows.resize(n);
+  s.acc.resize(n * d);
+  s.wbuf.resize(d);
+  const uint64_t mask = static_cast<uint64_t>(cap - 1);
+  int64_t nu = 0;
+  constexpr int64_t kSrcAhead = 8;
+  for (int64_t k = 0; k < n; ++k) {
+    if (k + kSrcAhead < n) prefetch_src(g, ents[k + kSrcAhead], d);
+    const int64_t e = ents[k];
+    const int64_t r = row_of(in, e);
+    uint64_t hsh = (hash_row(r) >> 20) & mask;
+    while (s.keys[hsh] != -1 && s.keys[hsh] != r) hsh = (hsh + 1) & mask;
+    const float sc = g.scale ? g.scale[e] : 1.0f;
+    const bool fresh = s.keys[hsh] == -1;
+    if (fresh) {
+      s.keys[hsh] = r;
+      s.slot[hsh] = static_cast<int32_t>(nu);
+      s.urows[nu++] = r;
+      // Buckets are sized to stay in L2 (ops layer), so the row fetched now is
+      // still cached when the update phase below reaches it.
+      prefetch_row(t, r);
+      if (h.kind == kEmbRowWiseAdagrad) __builtin_prefetch(t.state1 + r, 1);
+    }
+    accumulate_any(fresh, g.bf16, s.acc.data() + s.slot[hsh] * d, grad_row(g, e), sc, d);
+  }
+  constexpr int64_t kAhead = 8;
+  const int64_t state_width = h.kind == kEmbRowWiseAdagrad ? 1 : d;
+  for (int64_t u = 0; u < nu; ++u) {
+    if (u + kAhead < nu) {
+      const int64_t rn = s.urows[u + kAhead];
+      prefetch_row(t, rn);
+      if (t.state1)
+        for (int64_t x = 0; x < state_width; x += 16) __builtin_prefetch(t.state1 + rn * state_width + x, 1);
+      if (t.state2)
+        for (int64_t x = 0; x < d; x += 16) __builtin_prefetch(t.state2 + rn * d + x, 1);
+    }
+    update_row(h, t, s.urows[u], s.acc.data() + u * d, s.wbuf.data());
+  }
+}
+
+void emb_dense_update(const EmbHyper& h, const EmbTable& t, const void* grad, bool bf16,
+                      int64_t r0, int64_t r1) {
+  const int64_t d = t.dim;
+  Scratch& s = scratch();
+  s.acc.resize(d);
+  s.wbuf.resize(d);
+  for (int64_t r = r0; r < r1; ++r) {
+    const void* src = static_cast<const char*>(grad) + r * d * (bf16 ? 2 : 4);
+    accumulate_any(true, bf16, s.acc.data(), src, 1.0f, d);
+    update_row(h, t, r, s.acc.data(), s.wbuf.data());
+  }
+}
+
+namespace {
+
+// Pools columns [j0, j0 + W) of one bag into registers (a[W] stays in vector
+// registers: W is a compile-time constant). Per element the additions run in
+// entry order, so the result equals the plain loop's bit for bit. The first
+// column block prefetches the row kDist entries ahead (up to e_stop).
+constexpr int64_t kDist = 16;
+
+template <int W, bool kTop, bool kPsw>
+inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
+                      int64_t j0, float* out, bool prefetch, int64_t e_stop) {
+  float a[W];
+  for (int k = 0; k < W; ++k) a[k] = 0.0f;
+  const int64_t d = t.dim;
+  const int64_t row_bytes = d * (kTop ? 2 : 4);
+  const char* base = kTop ? reinterpret_cast<const char*>(t.top) : reinterpret_cast<const char*>(t.fp32);
+  for (int64_t e = e0; e < e1; ++e) {
+    if (prefetch && e + kDist < e_stop) {
+      const char* p = base + row_of(in, e + kDist) * row_bytes;
+      for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+    }
+    const int64_t r = row_of(in, e);
+    if (r == in.padding_idx) continue;
+    const float w = kPsw ? psw[e] : 1.0f;
+    if constexpr (kTop) {
+      const uint16_t* row = t.top + r * d + j0;
+      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * ipt_bf16_to_f32(row[k]) : a[k] + ipt_bf16_to_f32(row[k]);
+    } else {
+      const float* row = t.fp32 + r * d + j0;
+      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * row[k] : a[k] + row[k];
+    }
+  }
+  for (int k = 0; k < W; ++k) out[k] = a[k];
+}
+
+template <bool kTop, bool kPsw>
+inline void pool_bag(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
+                     float* acc, int64_t e_stop) {
+  const int64_t d = t.dim;
+  int64_t j = 0;
+  for (; j + 64 <= d; j += 64) pool_cols<64, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j + 16 <= d; j += 16) pool_cols<16, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+}
+
+}  // namespace
+
+void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0, int64_t b1,
+                 void* out, bool out_bf16, int64_t ld) {
+  const int64_t d = t.dim;
+  Scratch& s = scratch();
+  s.acc.resize(d);
+  float* acc = s.acc.data();
+  const int64_t e_stop = bags.start[b1];
+  for (int64_t e = bags.start[b0]; e < std::min(e_stop, bags.start[b0] + kDist); ++e) {
+    const char* p = t.fp32 ? reinterpret_cast<const char*>(t.fp32 + row_of(in, e) * d)
+                           : reinterpret_cast<const char*>(t.top + row_of(in, e) * d);
+    for (int64_t x = 0; x < d * (t.fp32 ? 4 : 2); x += 64) __builtin_prefetch(p + x);
+  }
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t e0 = bags.start[b], e1 = bags.start[b + 1];
+    if (t.fp32) {
+      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc, e_stop);
+      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc, e_stop);
+    } else {
+      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc, e_stop);
+      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc, e_stop);
+    }
+    if (bags.mean) {
+      int64_t count = 0;
+      for (int64_t e = e0; e < e1; ++e) count += row_of(in, e) != in.padding_idx;
+      if (count > 0) {
+        const float inv = 1.0f / static_cast<float>(count);
+        for (int64_t j = 0; j < d; ++j) acc[j] = acc[j] * inv;
+      }
+    }
+    if (out_bf16) {
+      uint16_t* o = static_cast<uint16_t*>(out) + b * ld;
+      for (int64_t j = 0; j < d; ++j) o[j] = ipt_f32_to_bf16_rne(acc[j]);
+    } else {
+      float* o = static_cast<float*>(out) + b * ld;
+      for (int64_t j = 0; j < d; ++j) o[j] = acc[j];
+    }
+  }
+}
+
+}  // namespace IPT_ISA_NS
+}  // namespace ipex_train

@@ -1,0 +1,90 @@
+// Sparse row updates and embedding-bag kernels (torch-free, one copy per ISA).
+//
+// Vocabulary: a *table* is a 2-D tensor [rows, dim] (an embedding table, or any
+// parameter viewed as rows). An *entry* is one lookup / one sparse-gradient row:
+// entry e touches table row idx[e]. Its gradient row lives at
+//     grad.data + src(e) * grad.ld,   src(e) = grad.bag ? grad.bag[e] : e
+// and is multiplied by grad.scale[e] (per-sample weight or 1/bag size) when
+// grad.scale is set.
+//
+// Threads never share a row: the ops layer sorts the entry ids into buckets by
+// a hash of their row (a stable counting sort: within a bucket, entries keep
+// their original order) and hands whole buckets to the kernels. Every row is
+// therefore updated by one thread, in the original entry order, so results do
+// not depend on the thread count or on the bucket count.
+#pragma once
+#include <cstdint>
+
+#include "kernels/isa.h"
+
+namespace ipex_train {
+
+// One table in fp32 (fp32 != nullptr) or split-bf16 storage (top + trail, see
+// kernels/bf16.h), with its optional optimizer state:
+//   adagrad: state1 = sum [rows, dim]      rowwise_adagrad: state1 = sum [rows]
+//   adam   : state1 = exp_avg, state2 = exp_avg_sq, both [rows, dim]
+struct EmbTable {
+  float* fp32;
+  uint16_t* top;
+  uint16_t* trail;
+  int64_t rows, dim;
+  float* state1;
+  float* state2;
+};
+
+// Row ids of the entries: int32 or int64.
+struct EmbIndex {
+  const void* idx;
+  bool idx64;
+  int64_t padding_idx;  // entries of this row are skipped (forward); -1: none
+};
+
+// Where each entry's gradient row comes from (see the header comment).
+struct EmbGrad {
+  const void* data;  // fp32 or bf16 bits
+  bool bf16;
+  int64_t ld;           // elements between consecutive source rows
+  const int32_t* bag;   // nullable: source row = bag[e], else e
+  const float* scale;   // nullable: multiply by scale[e]
+};
+
+enum EmbOptKind : int { kEmbSgd = 0, kEmbAdagrad = 1, kEmbRowWiseAdagrad = 2, kEmbAdam = 3 };
+
+// Per-row update rules, g = the row's summed gradient (negated if maximize).
+// (The fused embedding backward applies SGD entry by entry through
+// emb_bucket_add instead, in entry order: no per-row sum is needed.)
+//   sgd            : w -= lr * g
+//   adagrad        : s += g*g;               w -= lr * (g / (sqrt(s) + eps))   (torch sparse Adagrad)
+//   rowwise_adagrad: s_row += mean_j(g_j^2); w -= (lr / (sqrt(s_row) + eps)) * g (FBGEMM EXACT_ROWWISE_ADAGRAD)
+//   adam           : m += (g - m)*(1-beta1); v += (g*g - v)*(1-beta2);
+//                    w += -step_size * (m / (sqrt(v) + eps))                  (torch SparseAdam)
+struct EmbHyper {
+  int kind;
+  float lr, eps, beta1, beta2, step_size;
+  bool maximize;
+};
+
+// Bags of one table: bag b holds entries [start[b], start[b+1]).
+struct EmbBags {
+  const int64_t* start;
+  const float* psw;  // nullable per-sample weights (mode sum)
+  bool mean;
+};
+
+}  // namespace ipex_train
+
+#define IPT_EMBEDDING_KERNEL_DECLS                                                          \
+  /* w[idx[e]] += alpha * grad(e) for the n entries ents[0..n), in that order. */           \
+  void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha,              \
+                      const int32_t* ents, int64_t n);                                      \
+  /* Sums each row's entries (in order), then applies the update once per row. */          \
+  void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGrad g,     \
+                         const int32_t* ents, int64_t n);                                   \
+  /* Dense gradient [rows, dim]: the update for rows [r0, r1). */                           \
+  void emb_dense_update(const EmbHyper& h, const EmbTable& t, const void* grad, bool bf16, \
+                        int64_t r0, int64_t r1);                                            \
+  /* Bags [b0, b1): out[b, 0:dim] (row stride ld, fp32 or bf16) = pooled rows.      */     \
+  void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0,        \
+                   int64_t b1, void* out, bool out_bf16, int64_t ld);
+
+IPT_DECLARE_FOR_ALL_ISAS(IPT_EMBEDDING_KERNEL_DECLS)

@@ -1,0 +1,533 @@
+// ATen wrappers of the sparse-row and embedding-bag kernels (kernels/embedding.h).
+//
+// Every op validates all of its tensors (dtype, shape, contiguity, index range,
+// offsets) before it writes anything, then:
+//   1. sorts entry ids into buckets by a hash of their row (stable counting
+//      sort, in parallel over chunks of entries; no comparison sort),
+//   2. runs the kernel on whole buckets in parallel: one thread owns each row.
+// Per row, entries are applied in their original order, so results are the
+// same for any thread count and any bucket count.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+
+#include "kernels/embedding.h"
+#include "ops/common.h"
+
+namespace ipex_train {
+namespace ops {
+namespace {
+
+// ---- argument checks ---------------------------------------------------------
+
+int64_t row_width(const at::Tensor& w) {
+  int64_t d = 1;
+  for (int64_t i = 1; i < w.dim(); ++i) d *= w.size(i);
+  return d;
+}
+
+// weight fp32, or bf16 with an int16 trail of the same shape.
+// top_only: a bf16 weight may come without its trail (the forward reads the top half only).
+EmbTable check_table(const char* op, const at::Tensor& w, const std::optional<at::Tensor>& trail,
+                     const std::string& wname, const std::string& tname, bool top_only = false) {
+  check_dense_cpu(w, wname, op);
+  TORCH_CHECK_VALUE(w.dim() >= 1, op, ": ", wname, " must have at least one dimension (rows)");
+  EmbTable t{nullptr, nullptr, nullptr, w.size(0), row_width(w), nullptr, nullptr};
+  if (trail.has_value() && trail->defined()) {
+    check_dense_cpu(*trail, tname, op);
+    TORCH_CHECK_TYPE(w.scalar_type() == at::kBFloat16, op, ": ", wname,
+                     " must be bfloat16 when a trail is given, got ", w.scalar_type());
+    TORCH_CHECK_TYPE(trail->scalar_type() == at::kShort, op, ": ", tname, " must be int16, got ",
+                     trail->scalar_type());
+    TORCH_CHECK_VALUE(trail->sizes() == w.sizes(), op, ": ", tname, " has shape ", trail->sizes(),
+                      " but ", wname, " has shape ", w.sizes());
+    t.top = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+    t.trail = reinterpret_cast<uint16_t*>(trail->data_ptr<int16_t>());
+  } else if (top_only && w.scalar_type() == at::kBFloat16) {
+    t.top = reinterpret_cast<uint16_t*>(w.data_ptr<at::BFloat16>());
+  } else {
+    TORCH_CHECK_TYPE(w.scalar_type() == at::kFloat, op, ": ", wname,
+                     " must be float32, or bfloat16 with its int16 trail; got ", w.scalar_type());
+    t.fp32 = w.data_ptr<float>();
+  }
+  return t;
+}
+
+// Optimizer state: fp32, contiguous, of the given shape.
+float* check_state(const char* op, const std::optional<at::Tensor>& s, const std::string& name,
+                   at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(s.has_value() && s->defined(), op, ": ", name, " is required by this update");
+  check_dense_cpu(*s, name, op);
+  TORCH_CHECK_TYPE(s->scalar_type() == at::kFloat, op, ": ", name, " must be float32, got ",
+                   s->scalar_type());
+  TORCH_CHECK_VALUE(s->sizes() == shape, op, ": ", name, " has shape ", s->sizes(),
+                    ", expected ", shape);
+  return s->data_ptr<float>();
+}
+
+void attach_state(const char* op, EmbTable& t, int64_t kind, const at::Tensor& w,
+                  const std::optional<at::Tensor>& s1, const std::optional<at::Tensor>& s2,
+                  const std::string& n1, const std::string& n2) {
+  if (kind == kEmbAdagrad || kind == kEmbAdam) t.state1 = check_state(op, s1, n1, w.sizes());
+  if (kind == kEmbAdam) t.state2 = check_state(op, s2, n2, w.sizes());
+  if (kind == kEmbRowWiseAdagrad) t.state1 = check_state(op, s1, n1, {w.size(0)});
+}
+
+// 1-D int32/int64 row ids, all in [0, rows). Returns the kernel's view.
+EmbIndex check_index(const char* op, const at::Tensor& idx, const std::string& name, int64_t rows,
+                     int64_t padding_idx) {
+  check_dense_cpu(idx, name, op);
+  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt, op, ": ", name,
+                   " must be int64 or int32, got ", idx.scalar_type());
+  TORCH_CHECK_VALUE(idx.dim() == 1, op, ": ", name, " must be 1-D, got shape ", idx.sizes());
+  TORCH_CHECK_VALUE(idx.numel() < std::numeric_limits<int32_t>::max(), op, ": ", name,
+                    " has more than 2^31 - 1 entries");
+  const int64_t n = idx.numel();
+  const bool i64 = idx.scalar_type() == at::kLong;
+  const void* p = idx.data_ptr();
+  // First bad position (or n): parallel scan, deterministic answer.
+  std::vector<int64_t> bad(std::max<int64_t>(1, at::get_num_threads()), n);
+  at::parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
+    int64_t first = n;
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t r = i64 ? static_cast<const int64_t*>(p)[i] : static_cast<const int32_t*>(p)[i];
+      if (r < 0 || r >= rows) { first = i; break; }
+    }
+    const int tid = at::get_thread_num();
+    bad[tid] = std::min(bad[tid], first);
+  });
+  const int64_t first = *std::min_element(bad.begin(), bad.end());
+  if (first < n) {
+    const int64_t r = i64 ? static_cast<const int64_t*>(p)[first] : static_cast<const int32_t*>(p)[first];
+    TORCH_CHECK_INDEX(false, op, ": ", name, "[", first, "] = ", r, " is out of range for a table of ",
+                      rows, " rows");
+  }
+  return EmbIndex{p, i64, padding_idx};
+}
+
+// offsets -> bag starts [B + 1] (nn.EmbeddingBag's offsets / include_last_offset rules).
+std::vector<int64_t> bag_starts(const char* op, const at::Tensor& off, const std::string& name,
+                                int64_t nnz, bool include_last) {
+  check_dense_cpu(off, name, op);
+  TORCH_CHECK_TYPE(off.scalar_type() == at::kLong || off.scalar_type() == at::kInt, op, ": ", name,
+                   " must be int64 or int32, got ", off.scalar_type());
+  TORCH_CHECK_VALUE(off.dim() == 1, op, ": ", name, " must be 1-D, got shape ", off.sizes());
+  const int64_t len = off.numel();
+  TORCH_CHECK_VALUE(!include_last || len >= 1, op, ": ", name,
+                    " must have at least one entry with include_last_offset=True");
+  const int64_t B = include_last ? len - 1 : len;
+  std::vector<int64_t> s(B + 1);
+  for (int64_t i = 0; i < len; ++i)
+    s[i] = off.scalar_type() == at::kLong ? off.data_ptr<int64_t>()[i] : off.data_ptr<int32_t>()[i];
+  if (!include_last) s[B] = nnz;
+  TORCH_CHECK_VALUE(B == 0 || s[0] == 0, op, ": ", name, "[0] must be 0, got ", s[0]);
+  TORCH_CHECK_VALUE(B > 0 || nnz == 0, op, ": ", name, " describes no bags but there are ", nnz,
+                    " indices");
+  for (int64_t i = 0; i < B; ++i)
+    TORCH_CHECK_VALUE(s[i] <= s[i + 1], op, ": ", name, " must be non-decreasing and end at most at ",
+                      "the number of indices (", nnz, "); got ", s[i], " then ",
+                      (i + 1 < len ? "" : "(end) "), s[i + 1], " at position ", i + 1);
+  TORCH_CHECK_VALUE(s[B] == nnz, op, ": ", name, " ends at ", s[B], " but there are ", nnz,
+                    " indices");
+  return s;
+}
+
+// ---- bucketing: stable counting sort of entry ids by hash(row) -----------------
+
+struct Work {
+  EmbTable t;
+  EmbIndex in;
+  EmbGrad g;
+  int64_t nnz;
+  int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
+  int64_t nbuckets;
+  std::vector<int32_t> perm;     // entry ids in bucket order
+  std::vector<int64_t> bstart;   // [nbuckets + 1]
+};
+
+constexpr int64_t kEntryChunk = 1 << 13;
+
+inline int64_t idx_at(const EmbIndex& in, int64_t e) {
+  return in.idx64 ? static_cast<const int64_t*>(in.idx)[e] : static_cast<const int32_t*>(in.idx)[e];
+}
+
+inline int64_t bucket_of(int64_t r, int shift) {
+  return shift >= 64 ? 0 : static_cast<int64_t>((static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull) >> shift);
+}
+
+void plan_buckets(Work& w) {
+  // Enough buckets for every thread, and small enough that one bucket's per-row
+  // sums (entries x dim floats) stay in the L2 cache. Results do not depend on it.
+  const int64_t threads = at::get_num_threads();
+  const int64_t by_cache = w.nnz * std::max<int64_t>(w.t.dim, 1) * 4 / (256 << 10);
+  const int64_t want = std::min<int64_t>(4096, std::max(by_cache, std::min<int64_t>(w.nnz / 1024, 8 * threads)));
+  int lg = 0;
+  while ((int64_t{1} << (lg + 1)) <= want) ++lg;
+  w.nbuckets = int64_t{1} << lg;
+  w.shift = 64 - lg;
+}
+
+// Sorts the entries of every work item (padding rows dropped) into buckets.
+void sort_entries(std::vector<Work>& works) {
+  std::vector<int64_t> first_chunk(works.size() + 1, 0);
+  for (size_t i = 0; i < works.size(); ++i) {
+    plan_buckets(works[i]);
+    first_chunk[i + 1] = first_chunk[i] + (works[i].nnz + kEntryChunk - 1) / kEntryChunk;
+  }
+  const int64_t chunks = first_chunk.back();
+  std::vector<std::vector<int64_t>> hist(chunks);
+  auto locate = [&](int64_t c) {
+    size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
+    return std::make_pair(t, (c - first_chunk[t]) * kEntryChunk);
+  };
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      auto [t, begin] = locate(c);
+      Work& w = works[t];
+      std::vector<int64_t>& h = hist[c];
+      h.assign(w.nbuckets, 0);
+      const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = idx_at(w.in, i);
+        if (r != w.in.padding_idx) ++h[bucket_of(r, w.shift)];
+      }
+    }
+  });
+  // Exclusive prefix in (bucket, chunk) order: each chunk's slice of each bucket.
+  for (size_t t = 0; t < works.size(); ++t) {
+    Work& w = works[t];
+    w.bstart.assign(w.nbuckets + 1, 0);
+    int64_t pos = 0;
+    for (int64_t p = 0; p < w.nbuckets; ++p) {
+      w.bstart[p] = pos;
+      for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+        const int64_t n = hist[c][p];
+        hist[c][p] = pos;
+        pos += n;
+      }
+    }
+    w.bstart[w.nbuckets] = pos;
+    w.perm.resize(pos);
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      auto [t, begin] = locate(c);
+      Work& w = works[t];
+      std::vector<int64_t>& h = hist[c];
+      const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = idx_at(w.in, i);
+        if (r != w.in.padding_idx) w.perm[h[bucket_of(r, w.shift)]++] = static_cast<int32_t>(i);
+      }
+    }
+  });
+}
+
+// Runs fn(work, entries, n) on every bucket of every work item, in parallel.
+template <class Fn>
+void for_each_bucket(std::vector<Work>& works, Fn&& fn) {
+  std::vector<std::pair<int32_t, int32_t>> items;
+  for (size_t t = 0; t < works.size(); ++t)
+    for (int64_t p = 0; p < works[t].nbuckets; ++p)
+      if (works[t].bstart[p + 1] > works[t].bstart[p]) items.emplace_back(t, p);
+  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      Work& w = works[items[i].first];
+      const int64_t p = items[i].second;
+      fn(w, w.perm.data() + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
+    }
+  });
+}
+
+EmbHyper make_hyper(const char* op, int64_t kind, double lr, double eps, double beta1,
+                    double beta2, double step_size, bool maximize) {
+  TORCH_CHECK_VALUE(kind >= kEmbSgd && kind <= kEmbAdam, op, ": unknown update kind ", kind);
+  return EmbHyper{static_cast<int>(kind), static_cast<float>(lr), static_cast<float>(eps),
+                  static_cast<float>(beta1), static_cast<float>(beta2),
+                  static_cast<float>(step_size), maximize};
+}
+
+// Checks values [nnz, *weight.shape[1:]] (fp32 or bf16) for a sparse gradient.
+EmbGrad check_values(const char* op, const at::Tensor& v, const at::Tensor& w, int64_t nnz) {
+  check_dense_cpu(v, "values", op);
+  TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat || v.scalar_type() == at::kBFloat16, op,
+                   ": values must be float32 or bfloat16, got ", v.scalar_type());
+  std::vector<int64_t> want{nnz};
+  for (int64_t i = 1; i < w.dim(); ++i) want.push_back(w.size(i));
+  TORCH_CHECK_VALUE(v.sizes() == at::IntArrayRef(want), op, ": values has shape ", v.sizes(),
+                    ", expected ", at::IntArrayRef(want), " (one row per index)");
+  return EmbGrad{v.data_ptr(), v.scalar_type() == at::kBFloat16, row_width(w), nullptr, nullptr};
+}
+
+// ---- ops ----------------------------------------------------------------------
+
+void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
+                 const at::Tensor& indices, const at::Tensor& values, double alpha) {
+  const char* op = "ipex_train.sparse_add_";
+  std::vector<Work> works(1);
+  Work& w = works[0];
+  w.t = check_table(op, weight, trail, "weight", "trail");
+  w.in = check_index(op, indices, "indices", w.t.rows, -1);
+  w.nnz = indices.numel();
+  w.g = check_values(op, values, weight, w.nnz);
+  if (w.nnz == 0 || w.t.dim == 0) return;
+  sort_entries(works);
+  const float a = static_cast<float>(alpha);
+  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_add, wk.t, wk.in, wk.g, a, ents, n);
+  });
+}
+
+void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
+                        const std::optional<at::Tensor>& state1,
+                        const std::optional<at::Tensor>& state2,
+                        const std::optional<at::Tensor>& indices, const at::Tensor& values,
+                        int64_t kind, double lr, double eps, double beta1, double beta2,
+                        double step_size, bool maximize) {
+  const char* op = "ipex_train.sparse_row_update_";
+  const EmbHyper h = make_hyper(op, kind, lr, eps, beta1, beta2, step_size, maximize);
+  std::vector<Work> works(1);
+  Work& w = works[0];
+  w.t = check_table(op, weight, trail, "weight", "trail");
+  attach_state(op, w.t, kind, weight, state1, state2, "state1", "state2");
+  if (!indices.has_value() || !indices->defined()) {  // dense gradient, one row per table row
+    check_dense_cpu(values, "values", op);
+    TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16, op,
+                     ": values must be float32 or bfloat16, got ", values.scalar_type());
+    TORCH_CHECK_VALUE(values.sizes() == weight.sizes(), op, ": dense values has shape ",
+                      values.sizes(), " but weight has shape ", weight.sizes());
+    const void* g = values.data_ptr();
+    const bool bf16 = values.scalar_type() == at::kBFloat16;
+    const EmbTable t = w.t;
+    at::parallel_for(0, t.rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, t.dim)),
+                     [&](int64_t b, int64_t e) { IPT_DISPATCH(emb_dense_update, h, t, g, bf16, b, e); });
+    return;
+  }
+  w.in = check_index(op, *indices, "indices", w.t.rows, -1);
+  w.nnz = indices->numel();
+  w.g = check_values(op, values, weight, w.nnz);
+  if (w.nnz == 0) return;
+  sort_entries(works);
+  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.in, wk.g, ents, n);
+  });
+}
+
+// Shared checks of the embedding-bag ops over T tables.
+struct BagSet {
+  std::vector<EmbTable> tables;
+  std::vector<EmbIndex> index;
+  std::vector<std::vector<int64_t>> starts;
+  std::vector<const float*> psw;
+  std::vector<int64_t> col;  // output column of each table; col.back() = total width
+  int64_t batch = 0;
+};
+
+BagSet check_bags(const char* op, at::TensorList weights, at::TensorList trails,
+                  at::TensorList indices, at::TensorList offsets, at::TensorList psw,
+                  at::IntArrayRef padding_idx, bool include_last, bool mean,
+                  bool top_only = false) {
+  const size_t T = weights.size();
+  TORCH_CHECK_VALUE(T > 0, op, ": needs at least one table");
+  TORCH_CHECK_VALUE(indices.size() == T && offsets.size() == T, op, ": got ", T, " tables, ",
+                    indices.size(), " index tensors and ", offsets.size(), " offset tensors");
+  TORCH_CHECK_VALUE(trails.empty() || trails.size() == T, op, ": got ", T, " tables but ",
+                    trails.size(), " trails");
+  TORCH_CHECK_VALUE(psw.empty() || psw.size() == T, op, ": got ", T, " tables but ", psw.size(),
+                    " per_sample_weights");
+  TORCH_CHECK_VALUE(padding_idx.size() == T, op, ": got ", T, " tables but ", padding_idx.size(),
+                    " padding_idx values");
+  TORCH_CHECK_VALUE(psw.empty() || !mean, op, ": per_sample_weights are only supported with mode='sum'");
+  BagSet s;
+  s.col.push_back(0);
+  for (size_t i = 0; i < T; ++i) {
+    TORCH_CHECK_VALUE(weights[i].dim() == 2, op, ": ", arg("weights", i), " must be 2-D, got shape ",
+                      weights[i].sizes());
+    std::optional<at::Tensor> tr;
+    if (!trails.empty()) tr = trails[i];
+    EmbTable t = check_table(op, weights[i], tr, arg("weights", i), arg("trails", i), top_only);
+    TORCH_CHECK_TYPE(i == 0 || (t.fp32 != nullptr) == (s.tables[0].fp32 != nullptr), op,
+                     ": all tables must have the same storage (fp32, or bf16 with trails)");
+    const int64_t pad = padding_idx[i];
+    TORCH_CHECK_VALUE(pad >= -1 && pad < t.rows, op, ": padding_idx[", i, "] = ", pad,
+                      " is out of range for a table of ", t.rows, " rows (-1 means none)");
+    s.index.push_back(check_index(op, indices[i], arg("indices", i), t.rows, pad));
+    const int64_t nnz = indices[i].numel();
+    s.starts.push_back(bag_starts(op, offsets[i], arg("offsets", i), nnz, include_last));
+    const int64_t B = static_cast<int64_t>(s.starts.back().size()) - 1;
+    TORCH_CHECK_VALUE(i == 0 || B == s.batch, op, ": ", arg("offsets", i), " describes ", B,
+                      " bags but offsets[0] describes ", s.batch);
+    s.batch = B;
+    if (!psw.empty()) {
+      check_dense_cpu(psw[i], arg("per_sample_weights", i), op);
+      TORCH_CHECK_TYPE(psw[i].scalar_type() == at::kFloat, op, ": ", arg("per_sample_weights", i),
+                       " must be float32, got ", psw[i].scalar_type());
+      TORCH_CHECK_VALUE(psw[i].dim() == 1 && psw[i].numel() == nnz, op, ": ",
+                        arg("per_sample_weights", i), " has shape ", psw[i].sizes(),
+                        ", expected [", nnz, "] (one weight per index)");
+      s.psw.push_back(psw[i].data_ptr<float>());
+    } else {
+      s.psw.push_back(nullptr);
+    }
+    s.tables.push_back(t);
+    s.col.push_back(s.col.back() + t.dim);
+  }
+  return s;
+}
+
+constexpr int64_t kBagBlock = 32;
+
+// Runs fn(table, b0, b1) over blocks of bags of every table, in parallel.
+template <class Fn>
+void for_each_bag_block(const BagSet& s, Fn&& fn) {
+  const int64_t per = (s.batch + kBagBlock - 1) / kBagBlock;
+  const int64_t total = per * static_cast<int64_t>(s.tables.size());
+  at::parallel_for(0, total, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const int64_t t = i / per, b0 = (i % per) * kBagBlock;
+      fn(t, b0, std::min(s.batch, b0 + kBagBlock));
+    }
+  });
+}
+
+at::Tensor embedding_bags_forward(at::TensorList weights, at::TensorList indices,
+                                  at::TensorList offsets, at::TensorList per_sample_weights,
+                                  at::IntArrayRef padding_idx, bool include_last_offset, bool mean) {
+  const char* op = "ipex_train.embedding_bags_forward";
+  // bf16 tables: only the top halves are read, so no trails are needed.
+  BagSet s = check_bags(op, weights, {}, indices, offsets, per_sample_weights, padding_idx,
+                        include_last_offset, mean, /*top_only=*/true);
+  const bool bf16 = s.tables[0].fp32 == nullptr;
+  at::Tensor out = at::empty({s.batch, s.col.back()}, weights[0].options());
+  void* o = out.data_ptr();
+  const int64_t ld = s.col.back();
+  for_each_bag_block(s, [&](int64_t t, int64_t b0, int64_t b1) {
+    const EmbBags bags{s.starts[t].data(), s.psw[t], mean};
+    void* base = static_cast<char*>(o) + s.col[t] * (bf16 ? 2 : 4);
+    IPT_DISPATCH(emb_forward, s.tables[t], s.index[t], bags, b0, b1, base, bf16, ld);
+  });
+  return out;
+}
+
+void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trails,
+                                     at::TensorList state1, at::TensorList state2,
+                                     const at::Tensor& grad_output, at::TensorList indices,
+                                     at::TensorList offsets, at::TensorList per_sample_weights,
+                                     at::IntArrayRef padding_idx, bool include_last_offset,
+                                     bool mean, int64_t kind, double lr, double eps, double beta1,
+                                     double beta2, double step_size, bool maximize) {
+  const char* op = "ipex_train.embedding_bags_backward_update_";
+  const EmbHyper h = make_hyper(op, kind, lr, eps, beta1, beta2, step_size, maximize);
+  BagSet s = check_bags(op, weights, trails, indices, offsets, per_sample_weights, padding_idx,
+                        include_last_offset, mean);
+  const size_t T = weights.size();
+  const bool need1 = kind != kEmbSgd, need2 = kind == kEmbAdam;
+  TORCH_CHECK_VALUE(state1.size() == (need1 ? T : 0), op, ": got ", state1.size(),
+                    " state1 tensors, expected ", need1 ? T : 0);
+  TORCH_CHECK_VALUE(state2.size() == (need2 ? T : 0), op, ": got ", state2.size(),
+                    " state2 tensors, expected ", need2 ? T : 0);
+  for (size_t i = 0; i < T; ++i)
+    attach_state(op, s.tables[i], kind, weights[i], need1 ? std::optional<at::Tensor>(state1[i]) : std::nullopt,
+                 need2 ? std::optional<at::Tensor>(state2[i]) : std::nullopt, arg("state1", i),
+                 arg("state2", i));
+  check_dense_cpu(grad_output, "grad_output", op);
+  const bool bf16 = s.tables[0].fp32 == nullptr;
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == (bf16 ? at::kBFloat16 : at::kFloat), op,
+                   ": grad_output must be ", bf16 ? "bfloat16" : "float32",
+                   " like the forward output, got ", grad_output.scalar_type());
+  TORCH_CHECK_VALUE(grad_output.dim() == 2 && grad_output.size(0) == s.batch &&
+                        grad_output.size(1) == s.col.back(),
+                    op, ": grad_output has shape ", grad_output.sizes(), ", expected [", s.batch,
+                    ", ", s.col.back(), "]");
+  // Per-entry source bag and scale (per-sample weight, or 1/bag size for mean).
+  std::vector<std::vector<int32_t>> bag(T);
+  std::vector<std::vector<float>> scale(T);
+  for (size_t t = 0; t < T; ++t) {
+    bag[t].resize(indices[t].numel());
+    if (mean) scale[t].resize(indices[t].numel());
+  }
+  for_each_bag_block(s, [&](int64_t t, int64_t b0, int64_t b1) {
+    const std::vector<int64_t>& st = s.starts[t];
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int64_t e = st[b]; e < st[b + 1]; ++e) bag[t][e] = static_cast<int32_t>(b);
+      if (mean) {
+        int64_t count = 0;
+        for (int64_t e = st[b]; e < st[b + 1]; ++e) count += idx_at(s.index[t], e) != s.index[t].padding_idx;
+        const float inv = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
+        for (int64_t e = st[b]; e < st[b + 1]; ++e) scale[t][e] = inv;
+      }
+    }
+  });
+  std::vector<Work> works(T);
+  const char* go = static_cast<const char*>(grad_output.data_ptr());
+  for (size_t t = 0; t < T; ++t) {
+    Work& w = works[t];
+    w.t = s.tables[t];
+    w.in = s.index[t];
+    w.nnz = indices[t].numel();
+    const float* sc = mean ? scale[t].data() : s.psw[t];
+    w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), bag[t].data(), sc};
+  }
+  sort_entries(works);
+  if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
+    const float alpha = maximize ? h.lr : -h.lr;
+    for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
+      IPT_DISPATCH(emb_bucket_add, wk.t, wk.in, wk.g, alpha, ents, n);
+    });
+    return;
+  }
+  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.in, wk.g, ents, n);
+  });
+}
+
+// Asks the kernel to back a large table with transparent huge pages (Linux
+// madvise MADV_HUGEPAGE on its 2 MiB-aligned interior). Random row access to a
+// table of hundreds of MB misses the TLB on nearly every row with 4 KiB pages;
+// with 2 MiB pages the translations stay cached. Call it before the first
+// write (pages are chosen when first touched). A hint: nothing is returned.
+void advise_hugepages(const at::Tensor& t) {
+  check_dense_cpu(t, "tensor", "ipex_train._advise_hugepages");
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t begin = (p + kHuge - 1) & ~(kHuge - 1), end = (p + t.nbytes()) & ~(kHuge - 1);
+  if (end <= begin) return;
+#ifdef MADV_HUGEPAGE
+  madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint; errors ignored
+#endif
+}
+
+}  // namespace
+}  // namespace ops
+}  // namespace ipex_train
+
+TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
+  m.def("_advise_hugepages(Tensor t) -> ()");
+  m.def("sparse_add_(Tensor(a!) weight, Tensor(b!)? trail, Tensor indices, Tensor values, "
+        "float alpha) -> ()");
+  m.def("sparse_row_update_(Tensor(a!) weight, Tensor(b!)? trail, Tensor(c!)? state1, "
+        "Tensor(d!)? state2, Tensor? indices, Tensor values, int kind, float lr, float eps, "
+        "float beta1, float beta2, float step_size, bool maximize) -> ()");
+  m.def("embedding_bags_forward(Tensor[] weights, Tensor[] indices, Tensor[] offsets, "
+        "Tensor[] per_sample_weights, int[] padding_idx, bool include_last_offset, bool mean) "
+        "-> Tensor");
+  m.def("embedding_bags_backward_update_(Tensor(a!)[] weights, Tensor(b!)[] trails, "
+        "Tensor(c!)[] state1, Tensor(d!)[] state2, Tensor grad_output, Tensor[] indices, "
+        "Tensor[] offsets, Tensor[] per_sample_weights, int[] padding_idx, "
+        "bool include_last_offset, bool mean, int kind, float lr, float eps, float beta1, "
+        "float beta2, float step_size, bool maximize) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(ipex_train, CPU, m) {
+  m.impl("_advise_hugepages", &ipex_train::ops::advise_hugepages);
+  m.impl("sparse_add_", &ipex_train::ops::sparse_add_);
+  m.impl("sparse_row_update_", &ipex_train::ops::sparse_row_update_);
+  m.impl("embedding_bags_forward", &ipex_train::ops::embedding_bags_forward);
+  m.impl("embedding_bags_backward_update_", &ipex_train::ops::embedding_bags_backward_update_);
+}
