@@ -18,12 +18,22 @@ trap 'rm -f "$constraints"' EXIT
 echo "torch==2.13.0" > "$constraints"
 grep -E '^[A-Za-z0-9_.-]+==' "$(dirname "$0")/../../requirements.txt" >> "$constraints"
 
-# torchrec's direct needs, then what they pull in, all pinned
-"${PIP[@]}" -c "$constraints" \
-    tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32 \
-    cloudpickle==3.1.3 pyvers==0.2.3 lightning-utilities==0.15.3 packaging==26.4 \
-    typing-inspect==0.9.0 mypy_extensions==1.2.0
-"${PIP[@]}" -c "$constraints" --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
+installed() {  # true when every pin below is already in the venv
+  "$VENV/bin/python" - <<'PY' 2>/dev/null
+import importlib.metadata as m
+pins = {"torchrec": "1.8.0", "fbgemm-gpu-cpu": "1.8.0", "tensordict": "0.15.3",
+        "torchmetrics": "1.0.3", "tqdm": "4.70.1", "pyre-extensions": "0.0.32"}
+assert all(m.version(k) == v for k, v in pins.items())
+PY
+}
+if ! installed; then
+  # torchrec's direct needs, then what they pull in, all pinned
+  "${PIP[@]}" -c "$constraints" \
+      tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32 \
+      cloudpickle==3.1.3 pyvers==0.2.3 lightning-utilities==0.15.3 packaging==26.4 \
+      typing-inspect==0.9.0 mypy_extensions==1.2.0
+  "${PIP[@]}" -c "$constraints" --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
+fi
 
 "$VENV/bin/python" - <<'PY'
 import torch
