@@ -9,14 +9,13 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ipex_train.sparse import FusedEmbeddingBagCollection
+from ipex_train.sparse import FusedEmbeddingBagCollection, TableConfig
 
 
 def build(tables: Sequence[Tuple[str, int, int]], mode: str, optimizer: str, lr: float,
           dtype: torch.dtype, optimizer_kwargs: dict) -> FusedEmbeddingBagCollection:
     """One ipex_train.sparse collection over `tables` [(name, rows, dim)], all
     pooled with `mode` ("sum" / "mean"); offsets carry B + 1 entries (KJT style)."""
-    from ipex_train.sparse.embedding import TableConfig
     return FusedEmbeddingBagCollection(
         [TableConfig(rows, dim, name) for name, rows, dim in tables], mode=mode,
         optimizer=optimizer, lr=lr, dtype=dtype, include_last_offset=True, **optimizer_kwargs)
