@@ -268,31 +268,68 @@ namespace {
 // column block prefetches the row kDist entries ahead (up to e_stop).
 constexpr int64_t kDist = 16;
 
+// 8 fp32 lanes as a GCC vector: one ymm register on AVX2/AVX-512, two xmm
+// on the baseline level. Lane-wise adds keep the per-element entry order.
+typedef float V8 __attribute__((vector_size(32)));
+typedef uint16_t V8u16 __attribute__((vector_size(16)));
+typedef uint32_t V8u32 __attribute__((vector_size(32)));
+
+static inline V8 load8(const float* p) {
+  V8 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline V8 load8_bf16(const uint16_t* p) {
+  V8u16 h;
+  __builtin_memcpy(&h, p, sizeof h);
+  const V8u32 u = __builtin_convertvector(h, V8u32) << 16;
+  V8 v;
+  __builtin_memcpy(&v, &u, sizeof v);
+  return v;
+}
+
 template <int W, bool kTop, bool kPsw>
 inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
                       int64_t j0, float* out, bool prefetch, int64_t e_stop) {
-  float a[W];
-  for (int k = 0; k < W; ++k) a[k] = 0.0f;
   const int64_t d = t.dim;
   const int64_t row_bytes = d * (kTop ? 2 : 4);
   const char* base = kTop ? reinterpret_cast<const char*>(t.top) : reinterpret_cast<const char*>(t.fp32);
-  for (int64_t e = e0; e < e1; ++e) {
-    if (prefetch && e + kDist < e_stop) {
-      const char* p = base + row_of(in, e + kDist) * row_bytes;
-      for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+  if constexpr (W % 8 == 0) {
+    constexpr int kV = W / 8;
+    V8 a[kV];
+#pragma GCC unroll 8
+    for (int k = 0; k < kV; ++k) a[k] = V8{0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t e = e0; e < e1; ++e) {
+      if (prefetch && e + kDist < e_stop) {
+        const char* p = base + row_of(in, e + kDist) * row_bytes;
+        for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+      }
+      const int64_t r = row_of(in, e);
+      if (r == in.padding_idx) continue;
+      const float w = kPsw ? psw[e] : 1.0f;
+#pragma GCC unroll 8
+      for (int k = 0; k < kV; ++k) {
+        const V8 v = kTop ? load8_bf16(t.top + r * d + j0 + 8 * k) : load8(t.fp32 + r * d + j0 + 8 * k);
+        a[k] = kPsw ? a[k] + w * v : a[k] + v;
+      }
     }
-    const int64_t r = row_of(in, e);
-    if (r == in.padding_idx) continue;
-    const float w = kPsw ? psw[e] : 1.0f;
-    if constexpr (kTop) {
-      const uint16_t* row = t.top + r * d + j0;
-      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * ipt_bf16_to_f32(row[k]) : a[k] + ipt_bf16_to_f32(row[k]);
-    } else {
-      const float* row = t.fp32 + r * d + j0;
-      for (int k = 0; k < W; ++k) a[k] = kPsw ? a[k] + w * row[k] : a[k] + row[k];
+#pragma GCC unroll 8
+    for (int k = 0; k < kV; ++k) __builtin_memcpy(out + 8 * k, &a[k], sizeof(V8));
+  } else {
+    float a[W];
+    for (int k = 0; k < W; ++k) a[k] = 0.0f;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t r = row_of(in, e);
+      if (r == in.padding_idx) continue;
+      const float w = kPsw ? psw[e] : 1.0f;
+      for (int k = 0; k < W; ++k) {
+        const float v = kTop ? ipt_bf16_to_f32(t.top[r * d + j0 + k]) : t.fp32[r * d + j0 + k];
+        a[k] = kPsw ? a[k] + w * v : a[k] + v;
+      }
     }
+    for (int k = 0; k < W; ++k) out[k] = a[k];
   }
-  for (int k = 0; k < W; ++k) out[k] = a[k];
 }
 
 template <bool kTop, bool kPsw>
@@ -302,6 +339,7 @@ inline void pool_bag(const EmbTable& t, EmbIndex in, const float* psw, int64_t e
   int64_t j = 0;
   for (; j + 64 <= d; j += 64) pool_cols<64, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
   for (; j + 16 <= d; j += 16) pool_cols<16, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j + 8 <= d; j += 8) pool_cols<8, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
   for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
 }
 
