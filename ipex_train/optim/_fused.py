@@ -151,9 +151,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        # Gather (and so check) every group before the first write: a bad grad
+        # in a later group must not leave earlier groups half-updated.
+        gathered = []
         for group in self.param_groups:
             params, grads, trails = self._gather(group)
-            for p in self.__dict__.pop("_sparse_params", None) or ():
+            gathered.append((group, params, grads, trails,
+                             self.__dict__.pop("_sparse_params", None) or ()))
+        for group, params, grads, trails, sparse in gathered:
+            for p in sparse:
                 self._step_sparse(group, p, p.grad, self.state[p])
             for ps, gs, ts in self._split_by_kind(params, grads, trails):
                 if ps:

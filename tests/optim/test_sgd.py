@@ -102,3 +102,16 @@ def test_opcheck():
     p, g, b = torch.randn(100), torch.randn(100), torch.randn(100)
     torch.library.opcheck(torch.ops.ipex_train.sgd_step_.default,
                           ([p], [g], [b], [], 0.1, 0.0, 0.9, 0.0, False, False, False))
+
+
+def test_bad_grad_in_a_later_group_leaves_earlier_groups_unchanged():
+    """All groups are checked before any is written."""
+    a = torch.randn(8, requires_grad=True)
+    b = torch.randn(8, requires_grad=True)
+    opt = ipex_train.optim.SGD([{"params": [a]}, {"params": [b], "momentum": 0.9}], lr=0.1)
+    a.grad = torch.ones(8)
+    b.grad = torch.sparse_coo_tensor(torch.tensor([[1]]), torch.ones(1), (8,))
+    before = a.detach().clone()
+    with pytest.raises(RuntimeError, match="momentum"):
+        opt.step()
+    assert torch.equal(a.detach(), before)
