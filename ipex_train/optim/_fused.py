@@ -41,6 +41,14 @@ def check_hyper(who, *, lr, eps, weight_decay, differentiable, betas=None):
                          "(the update runs in a native kernel outside autograd)")
 
 
+def init_step_and_zeros(p, state, key):
+    """State initialiser for _state_lists: 'step' as torch's float32 scalar
+    tensor, every other key fp32 zeros of the param's shape."""
+    if key == "step":
+        return torch.tensor(0.0, dtype=torch.float32)
+    return torch.zeros(p.shape, dtype=torch.float32)
+
+
 def _check_param(p, who):
     if p.device.type != "cpu":
         raise ValueError(f"{who}: parameters must be on the CPU, got one on {p.device}")

@@ -1,7 +1,7 @@
 """Fused Adam and AdamW, drop-ins for torch.optim.Adam / torch.optim.AdamW."""
 import torch
 
-from ._fused import FusedOptimizer, check_hyper, float_of
+from ._fused import FusedOptimizer, check_hyper, float_of, init_step_and_zeros
 
 
 class Adam(FusedOptimizer):
@@ -43,19 +43,13 @@ class Adam(FusedOptimizer):
     def _step_group(self, group, params, grads, trails):
         amsgrad = bool(group["amsgrad"])
         keys = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
-        lists = self._state_lists(params, keys, self._init_state)
+        lists = self._state_lists(params, keys, init_step_and_zeros)
         beta1, beta2 = group["betas"]
         torch.ops.ipex_train.adam_step_(
             params, grads, lists[1], lists[2], lists[3] if amsgrad else [], lists[0], trails,
             float_of(group["lr"]), float_of(beta1), float_of(beta2), float(group["eps"]),
             float(group["weight_decay"]), amsgrad, bool(group["maximize"]),
             bool(group["decoupled_weight_decay"]))
-
-    @staticmethod
-    def _init_state(p, state, key):
-        if key == "step":
-            return torch.tensor(0.0, dtype=torch.float32)
-        return torch.zeros(p.shape, dtype=torch.float32)
 
 
 class AdamW(Adam):

@@ -1,7 +1,7 @@
 """Fused LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning")."""
 import torch
 
-from ._fused import FusedOptimizer, check_hyper, float_of
+from ._fused import FusedOptimizer, check_hyper, float_of, init_step_and_zeros
 
 
 class Lamb(FusedOptimizer):
@@ -37,7 +37,7 @@ class Lamb(FusedOptimizer):
 
     def _step_group(self, group, params, grads, trails):
         steps, ms, vs = self._state_lists(params, ("step", "exp_avg", "exp_avg_sq"),
-                                          self._init_state)
+                                          init_step_and_zeros)
         beta1, beta2 = group["betas"]
         mtr = group["max_trust_ratio"]
         torch.ops.ipex_train.lamb_step_(
@@ -45,9 +45,3 @@ class Lamb(FusedOptimizer):
             float_of(beta2), float(group["eps"]), float(group["weight_decay"]),
             None if mtr is None else float(mtr), bool(group["bias_correction"]),
             bool(group["maximize"]))
-
-    @staticmethod
-    def _init_state(p, state, key):
-        if key == "step":
-            return torch.tensor(0.0, dtype=torch.float32)
-        return torch.zeros(p.shape, dtype=torch.float32)
