@@ -102,3 +102,20 @@ def test_avx512_levels_do_use_avx512():
                 for name, body in _functions(LIB) if "ipex_train::avx512::" in name
                 for line in body)
     assert found
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
+def test_embedding_kernels_keep_their_prefetches():
+    """The random-row kernels live on software prefetch. GCC once deleted the
+    table-row prefetches as dead code (a helper that only prefetches looks
+    side-effect free), which made the fused embedding backward 2x slower with
+    no other symptom. Each level's copy must keep the table-row prefetches
+    (fp32 and split top/trail) as well as the gradient-source ones."""
+    counts = {}
+    for name, body in _functions(LIB):
+        m = re.search(r"ipex_train::(\w+)::(emb_bucket_add|emb_bucket_update)\(", name)
+        if m:
+            counts[m.groups()] = sum("prefetch" in line for line in body)
+    for level in ("scalar", "avx2", "avx512", "avx512_bf16"):
+        assert counts.get((level, "emb_bucket_add"), 0) >= 4, counts
+        assert counts.get((level, "emb_bucket_update"), 0) >= 7, counts

@@ -35,7 +35,13 @@ inline void store_row(const EmbTable& t, int64_t r, const float* buf) {
   for (int64_t j = 0; j < d; ++j) ipt_split(buf[j], &top[j], &trail[j]);
 }
 
-inline void prefetch_row(const EmbTable& t, int64_t r) {
+// Prefetch helpers are always_inline: GCC finds a function that only
+// prefetches to be free of side effects and deletes calls to it as dead code
+// (GCC 12 did exactly that to prefetch_row, silently). tests/test_isa.py checks
+// that the kernels keep their prefetch instructions.
+#define IPT_PREFETCH_FN __attribute__((always_inline)) inline
+
+IPT_PREFETCH_FN void prefetch_row(const EmbTable& t, int64_t r) {
   if (t.fp32) {
     const char* p = reinterpret_cast<const char*>(t.fp32 + r * t.dim);
     for (int64_t b = 0; b < t.dim * 4; b += 64) __builtin_prefetch(p + b, 1);
@@ -154,7 +160,7 @@ inline void update_row(const EmbHyper& h, const EmbTable& t, int64_t r, float* g
 
 // Prefetches entry e's gradient row (rows of a sparse grad are read in bucket
 // order, i.e. scattered).
-inline void prefetch_src(const EmbGrad& g, int64_t e, int64_t d) {
+IPT_PREFETCH_FN void prefetch_src(const EmbGrad& g, int64_t e, int64_t d) {
   const char* p = static_cast<const char*>(grad_row(g, e));
   for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
 }
