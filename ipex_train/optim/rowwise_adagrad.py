@@ -1,7 +1,7 @@
 """Row-wise Adagrad: one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD."""
 import torch
 
-from ._fused import TRAIL, RowUpdateOptimizer, float_of
+from ._fused import TRAIL, RowUpdateOptimizer, check_hyper, float_of
 from ..sparse import functional as F
 
 
@@ -30,13 +30,8 @@ class RowWiseAdagrad(RowUpdateOptimizer):
 
     def __init__(self, params, lr=1e-2, eps=1e-8, initial_accumulator_value=0.0, *,
                  maximize=False):
-        if isinstance(lr, torch.Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if initial_accumulator_value < 0.0:
+        check_hyper(type(self).__name__, lr=lr, eps=eps, weight_decay=0.0, differentiable=False)
+        if not 0.0 <= initial_accumulator_value:
             raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
         super().__init__(params, dict(lr=lr, eps=eps, maximize=maximize,
                                       initial_accumulator_value=initial_accumulator_value))
