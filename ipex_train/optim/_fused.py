@@ -80,9 +80,9 @@ class FusedOptimizer(torch.optim.Optimizer):
 
         Writes nothing; raises if a grad is unusable (the native op checks
         everything else: shapes, dtypes, devices, contiguity). Returns the plan
-        that _apply carries out: (params, grads, trails, sparse), where trails
-        is [] when no param is split and sparse lists the params with a sparse
-        grad (applied one by one by _step_sparse).
+        for _step: (params, grads, trails, singles): params for _step_group
+        (trails is [] when none is split) and, already checked in full, the
+        params that _step_sparse updates one by one (those with sparse grads).
         """
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
@@ -168,18 +168,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Plan (and so check) every group before the first write: a bad grad
         # in a later group must not leave earlier groups half-updated.
         plans = [self._gather(group) for group in self.param_groups]
-        for group, plan in zip(self.param_groups, plans):
-            self._apply(group, plan)
+        # The multi-tensor calls check their own inputs before they write; the
+        # one-param updates were checked by _gather. So the multi-tensor calls
+        # go first: a step with one of them raises before anything is written.
+        for group, (params, grads, trails, _) in zip(self.param_groups, plans):
+            for ps, gs, ts in self._split_by_kind(params, grads, trails):
+                if ps:
+                    self._step_group(group, ps, gs, ts)
+        for group, (_, _, _, singles) in zip(self.param_groups, plans):
+            for p in singles:
+                self._step_sparse(group, p, p.grad, self.state[p])
         return loss
-
-    def _apply(self, group, plan):
-        """Carries out the plan that _gather made for `group`."""
-        params, grads, trails, sparse = plan
-        for p in sparse:
-            self._step_sparse(group, p, p.grad, self.state[p])
-        for ps, gs, ts in self._split_by_kind(params, grads, trails):
-            if ps:
-                self._step_group(group, ps, gs, ts)
 
     def _step_group(self, group, params, grads, trails):
         raise NotImplementedError
@@ -303,17 +302,16 @@ class RowUpdateOptimizer(FusedOptimizer):
     _allow_dense = False
 
     def _gather(self, group):
-        plan = []
+        singles = []
         for p in group["params"]:
             g = p.grad
             if g is not None:
                 check_row_update(self, group, p, g, self._state_shapes(p), self._allow_dense)
-                plan.append(p)
-        return plan
+                singles.append(p)
+        return [], [], [], singles
 
-    def _apply(self, group, plan):
-        for p in plan:
-            self._update(group, p, p.grad, self.state[p])
+    def _step_sparse(self, group, p, grad, state):
+        self._update(group, p, grad, state)  # sparse or dense grad
 
     def _state_shapes(self, p):
         raise NotImplementedError

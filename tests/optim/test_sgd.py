@@ -75,3 +75,22 @@ def test_bad_grad_in_a_later_group_leaves_earlier_groups_unchanged():
     with pytest.raises(RuntimeError, match="momentum"):
         opt.step()
     assert torch.equal(a.detach(), before)
+
+
+@pytest.mark.parametrize("groups", ["one", "two"])
+def test_bad_dense_param_leaves_sparse_params_unchanged(groups):
+    """Sparse grads are checked in Python and applied after the multi-tensor
+    call, so a dense param the native op refuses stops the step before any
+    write, also when the sparse param comes first."""
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    bad = torch.randn(4, 6).t().requires_grad_()  # non-contiguous
+    ps = [emb.weight, bad]
+    opt = ipex_train.optim.SGD([{"params": ps}] if groups == "one" else
+                               [{"params": [p]} for p in ps], lr=0.1)
+    emb(torch.tensor([1, 2, 1])).sum().backward()
+    bad.grad = torch.ones(6, 4)
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert torch.equal(p.detach(), b)
