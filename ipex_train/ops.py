@@ -15,6 +15,11 @@ def _register_fake(name):
     return torch.library.register_fake(f"ipex_train::{name}")
 
 
+@_register_fake("check_dense_params")
+def _check_dense_params_fake(params, grads, trails):
+    return None
+
+
 @_register_fake("sgd_step_")
 def _sgd_step_fake(params, grads, momentum_buffers, trails, lr, weight_decay, momentum,
                    dampening, nesterov, maximize, first_step):

@@ -168,13 +168,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Plan (and so check) every group before the first write: a bad grad
         # in a later group must not leave earlier groups half-updated.
         plans = [self._gather(group) for group in self.param_groups]
-        # The multi-tensor calls check their own inputs before they write; the
-        # one-param updates were checked by _gather. So the multi-tensor calls
-        # go first: a step with one of them raises before anything is written.
-        for group, (params, grads, trails, _) in zip(self.param_groups, plans):
-            for ps, gs, ts in self._split_by_kind(params, grads, trails):
-                if ps:
-                    self._step_group(group, ps, gs, ts)
+        # Each multi-tensor call checks its own inputs before it writes, and
+        # the one-param updates were checked by _gather, so the multi-tensor
+        # calls go first. Where there are several of them, all are checked
+        # natively (check_dense_params, the ops' own checks) before the first
+        # runs: a bad param in a later group must not follow a written one.
+        calls = [(group, ps, gs, ts)
+                 for group, (params, grads, trails, _) in zip(self.param_groups, plans)
+                 for ps, gs, ts in self._split_by_kind(params, grads, trails) if ps]
+        if len(calls) > 1:
+            for group, ps, gs, ts in calls:
+                try:
+                    torch.ops.ipex_train.check_dense_params(ps, gs, ts)
+                except (ValueError, TypeError) as e:
+                    gi = next(i for i, g in enumerate(self.param_groups) if g is group)
+                    raise type(e)(f"{type(self).__name__}: param group {gi}: {e}") from None
+        for group, ps, gs, ts in calls:
+            self._step_group(group, ps, gs, ts)
         for group, (_, _, _, singles) in zip(self.param_groups, plans):
             for p in singles:
                 self._step_sparse(group, p, p.grad, self.state[p])

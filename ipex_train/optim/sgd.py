@@ -47,6 +47,8 @@ class SGD(FusedOptimizer):
         if all(b is not None for b in bufs):
             torch.ops.ipex_train.sgd_step_(params, grads, bufs, trails, *hyper, False)
             return
+        # Two calls: check all of it first, so the second cannot fail after the first wrote.
+        torch.ops.ipex_train.check_dense_params(params, grads, trails)
         for first in (False, True):
             idx = [i for i, b in enumerate(bufs) if (b is None) == first]
             if not idx:

@@ -178,11 +178,20 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
   });
 }
 
+// The checks every *_step_ op starts with, and nothing else: an optimizer
+// step that needs several multi-tensor calls (several param groups, or fp32
+// and split params in one group) runs this for each call first, so a bad
+// param in a later call raises before an earlier call writes.
+void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorList trails) {
+  check_params("ipex_train.check_dense_params", params, grads, trails);
+}
+
 }  // namespace
 }  // namespace ops
 }  // namespace ipex_train
 
 TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
+  m.def("check_dense_params(Tensor[] params, Tensor[] grads, Tensor[] trails) -> ()");
   m.def(
       "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor(c!)[] trails, float lr, float weight_decay, float momentum, float dampening, "
@@ -204,6 +213,7 @@ TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
 }
 
 TORCH_LIBRARY_IMPL(ipex_train, CPU, m) {
+  m.impl("check_dense_params", &ipex_train::ops::check_dense_params);
   m.impl("sgd_step_", &ipex_train::ops::sgd_step_);
   m.impl("adam_step_", &ipex_train::ops::adam_step_);
   m.impl("adagrad_step_", &ipex_train::ops::adagrad_step_);

@@ -170,3 +170,68 @@ def test_step_hooks_and_profiler_range_still_run():
     with torch.profiler.profile() as prof:
         opt.step()
     assert any("Optimizer.step#Adam.step" in e.name for e in prof.events())
+
+
+def test_check_dense_params_opcheck_and_errors():
+    P, G, _, _ = _inputs(5, shapes=[(4,), (2, 3)], nstate=0)
+    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, []))
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
+        torch.ops.ipex_train.check_dense_params(P, [G[0], torch.zeros(5)], [])
+
+
+_MULTI_CALL_OPTIMIZERS = {
+    "sgd": lambda groups: ipex_train.optim.SGD(groups, lr=0.1),
+    "sgd_momentum": lambda groups: ipex_train.optim.SGD(groups, lr=0.1, momentum=0.9),
+    "adam": lambda groups: ipex_train.optim.Adam(groups, lr=0.1),
+    "adamw": lambda groups: ipex_train.optim.AdamW(groups, lr=0.1),
+    "adagrad": lambda groups: ipex_train.optim.Adagrad(groups, lr=0.1),
+    "lamb": lambda groups: ipex_train.optim.Lamb(groups, lr=0.1),
+}
+
+
+def _bad_params():
+    noncontig = torch.randn(4, 6).t().requires_grad_()
+    noncontig.grad = torch.randn(6, 4)
+    resized = torch.randn(5).requires_grad_()
+    resized.grad = torch.randn(5)
+    resized.data = torch.randn(3)  # the grad no longer fits
+    return [("contiguous", noncontig), (r"grads\[0\] has shape", resized)]
+
+
+@pytest.mark.parametrize("name", list(_MULTI_CALL_OPTIMIZERS))
+def test_bad_param_in_a_later_group_writes_nothing(name):
+    """Several param groups are several native calls: a bad param in the last
+    group must raise before the first group is written (state included)."""
+    for match, bad in _bad_params():
+        good = [torch.randn(7, requires_grad=True), torch.randn(3, 2, requires_grad=True)]
+        for p in good:
+            p.grad = torch.randn(p.shape)
+        opt = _MULTI_CALL_OPTIMIZERS[name]([{"params": good}, {"params": [bad]}])
+        for fresh in (True, False):
+            if not fresh:  # a second round with state in place for the good params
+                opt = _MULTI_CALL_OPTIMIZERS[name]([{"params": good}])
+                opt.step()
+                opt.add_param_group({"params": [bad]})
+            before = _clone(good) + [_clone(list(opt.state[p].values())) for p in good]
+            with pytest.raises(ValueError, match=f"param group 1: .*{match}"):
+                opt.step()
+            after = list(good) + [list(opt.state[p].values()) for p in good]
+            for b, a in zip(before, after):
+                if isinstance(b, list):
+                    assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(b, a)), name
+                else:
+                    assert torch.equal(b, a), f"{name}: group 0 written before the error ({match})"
+
+
+def test_sgd_momentum_split_call_writes_nothing_on_error():
+    """SGD with momentum runs params with and without a buffer as two calls."""
+    a, b = torch.randn(6, requires_grad=True), torch.randn(5, requires_grad=True)
+    a.grad, b.grad = torch.randn(6), torch.randn(5)
+    opt = ipex_train.optim.SGD([a], lr=0.1, momentum=0.9)
+    opt.step()  # a has a buffer now
+    opt.param_groups[0]["params"].append(b)  # b joins the group without one
+    b.data = torch.randn(4)  # and its grad no longer fits
+    before = _clone([a, opt.state[a]["momentum_buffer"]])
+    with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
+        opt.step()
+    assert torch.equal(before[0], a) and torch.equal(before[1], opt.state[a]["momentum_buffer"])
