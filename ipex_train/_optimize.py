@@ -15,6 +15,7 @@ _TORCH_OPTIMIZERS = {
     torch.optim.Adam: "Adam",
     torch.optim.AdamW: "AdamW",
     torch.optim.Adagrad: "Adagrad",
+    torch.optim.SparseAdam: "SparseAdam",
 }
 # Group keys that only pick torch's implementation (ours is always fused).
 _IMPL_KEYS = ("foreach", "fused", "capturable")
@@ -131,7 +132,7 @@ def _translate(optimizer):
     else:
         raise TypeError(
             f"optimize: cannot convert a {t.__module__}.{t.__name__}; supported: torch.optim."
-            "SGD/Adam/AdamW/Adagrad and the classes of ipex_train.optim")
+            "SGD/Adam/AdamW/Adagrad/SparseAdam and the classes of ipex_train.optim")
     if t is torch.optim.Adam and any(g.get("decoupled_weight_decay") for g in optimizer.param_groups):
         if not all(g.get("decoupled_weight_decay") for g in optimizer.param_groups):
             raise ValueError("optimize: Adam groups mix decoupled_weight_decay True and False")

@@ -226,7 +226,8 @@ def test_bad_inputs_raise_before_anything_changes():
 
 
 @pytest.mark.parametrize("opt_cls,kw", [(torch.optim.SGD, dict(lr=0.1)),
-                                         (torch.optim.Adagrad, dict(lr=0.1))])
+                                         (torch.optim.Adagrad, dict(lr=0.1)),
+                                         (torch.optim.SparseAdam, dict(lr=0.1))])
 def test_sparse_gradients_in_bf16_mode_update_exactly(opt_cls, kw):
     """EmbeddingBag(sparse=True) in bf16-split mode: the sparse kernels update
     (top, trail) so the rebuilt fp32 weights equal an fp32 run bit for bit."""
@@ -250,6 +251,28 @@ def test_sparse_gradients_in_bf16_mode_update_exactly(opt_cls, kw):
         ref_opt.zero_grad()
     w = ipex_train.bf16_split.join(model.weight.detach(), opt.state[model.weight]["trail"])
     assert torch.equal(w, ref.weight.detach())
+
+
+def test_torch_sparse_adam_converts_mid_training_and_keeps_matching():
+    """A torch.optim.SparseAdam run is converted after 3 steps (state carried
+    over) and then tracks an unconverted torch run."""
+    torch.manual_seed(0)
+    ref = nn.Embedding(40, 6, sparse=True)
+    model = nn.Embedding(40, 6, sparse=True)
+    model.load_state_dict(ref.state_dict())
+    ref_opt = torch.optim.SparseAdam(ref.parameters(), lr=0.05)
+    opt = torch.optim.SparseAdam(model.parameters(), lr=0.05)
+    idx = torch.randint(0, 40, (8, 5))
+    for step in range(8):
+        if step == 3:
+            model, opt = ipex_train.optimize(model, opt)
+            assert isinstance(opt, ipex_train.optim.SparseAdam)
+        for m, o in ((model, opt), (ref, ref_opt)):
+            m(idx[step]).pow(2).sum().backward()
+            o.step()
+            o.zero_grad()
+    # our SparseAdam rounds like torch's to ~1 ulp (not bitwise): tolerance as in tests/optim
+    torch.testing.assert_close(model.weight, ref.weight, rtol=1e-5, atol=1e-5)
 
 
 def test_sparse_gradients_with_unsupported_optimizer_raise_before_writing():
