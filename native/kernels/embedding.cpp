@@ -185,7 +185,7 @@ Scratch& scratch() {
 void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, const int32_t* ents,
                     int64_t n) {
   const int64_t d = t.dim;
-  constexpr int64_t kAhead = 8;
+  constexpr int64_t kAhead = 8;  // rows in flight per thread (A/B measured: 8 beats 4, 12, 16)
   for (int64_t k = 0; k < n; ++k) {
     if (k + kAhead < n) {
       prefetch_row(t, row_of(in, ents[k + kAhead]));
