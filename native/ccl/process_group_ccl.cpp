@@ -395,8 +395,7 @@ class ProcessGroupCCL : public c10d::Backend {
     int root = int(o.rootRank);
     return enqueue(OpType::REDUCE, "reduce", ts, o.timeout, [this, t, op, root] {
       auto buf = dense(t);
-      if (rank_ != root) buf = buf.clone();  // non-roots keep their input
-      reduce_in_place(buf, op, "reduce", root);
+      reduce_in_place(buf, op, "reduce", root);  // leaves a non-root's input as it was
       if (rank_ == root) write_back(t, buf);
     });
   }
@@ -746,17 +745,25 @@ class ProcessGroupCCL : public c10d::Backend {
     ccl::alltoallv(s, send, d, recv, ccl::datatype::uint8, *comm_).wait();
   }
 
-  // In-place reduction of contiguous `buf` to all ranks (root < 0) or to `root`.
+  // In-place reduction of contiguous `buf` to all ranks (root < 0) or to
+  // `root`; a non-root's `buf` is only read.
   void reduce_in_place(at::Tensor& buf, const ReduceOp& op, const char* name, int root) {
     bool avg;
     const auto red = ccl_op(op, buf.scalar_type(), name, &avg);
     at::Tensor work = is_half(buf.scalar_type()) ? buf.to(at::kFloat) : buf;
     if (work.numel() > 0) {
       const auto dt = ccl_type(work.scalar_type(), name);
-      if (root < 0)
+      if (root < 0) {
         ccl::allreduce(work.data_ptr(), work.data_ptr(), work.numel(), dt, red, *comm_).wait();
-      else
+      } else if (rank_ != root) {
+        // oneCCL may use a non-root's receive buffer as scratch: give it one of
+        // its own rather than copying the input (pages never written cost nothing)
+        auto scratch = at::empty_like(work);
+        ccl::reduce(work.data_ptr(), scratch.data_ptr(), work.numel(), dt, red, root, *comm_).wait();
+        return;
+      } else {
         ccl::reduce(work.data_ptr(), work.data_ptr(), work.numel(), dt, red, root, *comm_).wait();
+      }
     }
     if (avg) work.div_(size_);
     if (!work.is_same(buf)) buf.copy_(work);

@@ -307,14 +307,31 @@ def run_large(c):
     t = x.clone()
     dist.all_reduce(t)
     c.same("all_reduce 64MiB", t, want)
-    # Above 4 MiB the MPI transport runs oneCCL's "nreduce" (see _env.py): every
-    # dtype and op there, odd-sized so the per-rank pieces differ in length.
+    # Above 4 MiB (all_reduce) and 256 KiB (reduce, reduce_scatter) the MPI
+    # transport runs other oneCCL algorithms (see _env.py): every dtype and op
+    # there, odd-sized so the per-rank pieces differ in length.
     for dt in DTYPES:
         numel = (5 << 20) // torch.tensor([], dtype=dt).element_size() + 3
         ins = [c.inp(("large", str(dt)), r, (numel,), dt) for r in range(n)]
         for op in ops_for(dt):
             c.both(f"all_reduce large {dt} {op}",
                    lambda g, op=op: all_reduce(ins[me], op, g, n), reduce_ref(ins, op))
+        for op in set(ops_for(dt)) - {R.AVG}:
+            root = n - 1
+            def red(g, op=op):  # a ccl non-root keeps its input (gloo's is not checked)
+                t = ins[me].clone()
+                dist.reduce(t, root, op=op, group=g)
+                return t if g is None or me == root else ins[me]
+            c.both(f"reduce large {dt} {op}", red,
+                   reduce_ref(ins, op) if me == root else ins[me])
+        blocks = [t[:numel // n * n].view(n, -1) for t in ins]
+        for op in (R.SUM, R.MAX):
+            def rs(g, op=op):
+                out = torch.empty_like(blocks[me][0])
+                dist.reduce_scatter_tensor(out, blocks[me].reshape(-1), op=op, group=g)
+                return out
+            c.both(f"reduce_scatter_tensor large {dt} {op}", rs,
+                   reduce_ref([b[me] for b in blocks], op))
     rows = numel // n * n
     src = x[:rows]
     out = torch.empty_like(src)

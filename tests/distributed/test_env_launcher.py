@@ -42,9 +42,10 @@ def test_discover_errors():
 
 
 @pytest.mark.parametrize("preset,want", [
-    ({"CCL_ATL_TRANSPORT": "mpi"}, MPI_TRANSPORT_ALGORITHMS["CCL_ALLREDUCE"]),
-    ({"CCL_ATL_TRANSPORT": "mpi", "CCL_ALLREDUCE": "ring"}, "ring"),  # the user's choice stays
-    ({"CCL_ATL_TRANSPORT": "ofi"}, None),  # "direct" means MPI_Iallreduce: MPI transport only
+    ({"CCL_ATL_TRANSPORT": "mpi"}, MPI_TRANSPORT_ALGORITHMS),
+    ({"CCL_ATL_TRANSPORT": "mpi", "CCL_ALLREDUCE": "ring"},  # the user's choice stays
+     {**MPI_TRANSPORT_ALGORITHMS, "CCL_ALLREDUCE": "ring"}),
+    ({"CCL_ATL_TRANSPORT": "ofi"}, {}),  # "direct" means MPI_Iallreduce: MPI transport only
 ])
 def test_ccl_env_algorithm_defaults(monkeypatch, preset, want):
     for k in list(os.environ):
@@ -53,7 +54,7 @@ def test_ccl_env_algorithm_defaults(monkeypatch, preset, want):
     for k, v in preset.items():
         monkeypatch.setenv(k, v)
     ensure_ccl_env(discover(ADDR))
-    assert os.environ.get("CCL_ALLREDUCE") == want
+    assert {k: os.environ[k] for k in MPI_TRANSPORT_ALGORITHMS if k in os.environ} == want
     assert os.environ["CCL_WORKER_OFFLOAD"] == "0"
 
 
