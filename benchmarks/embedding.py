@@ -3,14 +3,16 @@ vs FBGEMM's CPU table-batched embedding (fused EXACT_SGD / EXACT_ROWWISE_ADAGRAD
 
 One table of 1M x 64 fp32, batch 2048, 32 lookups per bag, indices uniform or
 Zipf-distributed (hot rows scattered over the table). Times one
-forward + backward + update (median of --iters steps, distinct batches), plus
-sparse_add_ alone against weight.add_(grad) on the same sparse gradient, and a
-lower bound from the bytes the step must touch at the measured stream bandwidth.
-Times are the minimum over the iterations (the median is printed beside it):
-on a shared, busy machine the minimum is the steadier estimate of each code's
-own cost; ratios use the minima.
+forward + backward + update (8 distinct batches in turn), plus sparse_add_
+alone against weight.add_(grad) on the same sparse gradient (a plain
+torch-allocated table, as a user's would be), and a lower bound from the bytes
+the step must touch at the measured stream bandwidth.
+All variants run round-robin, one step each per round, so that a noisy phase of
+a shared machine slows them alike; each is reported as the minimum over the
+rounds (the median beside it) and ratios use the minima. Row-wise Adagrad is
+compared with FBGEMM's only (torch has no such optimizer).
 
-    python benchmarks/embedding.py [--rows 1000000] [--iters 20] [--threads N]
+    python benchmarks/embedding.py [--rows 1000000] [--iters 30] [--threads N]
 """
 import argparse
 import gc
@@ -38,26 +40,35 @@ def batches(kind, rows, bags, per_bag, n, seed=0):
     return out
 
 
-def timed(step, data, iters, warmup=3):
-    for i in range(warmup):
-        step(*data[i % len(data)])
-    ts = []
-    for i in range(iters):
-        d = data[i % len(data)]
-        t0 = time.perf_counter()
-        step(*d)
-        ts.append(time.perf_counter() - t0)
-    timed.medians.append(statistics.median(ts) * 1e3)
-    return min(ts) * 1e3
+def interleaved(variants, iters, warmup=3):
+    """Times every variant once per round, round-robin (the order rotates each
+    round), so slow phases of a noisy machine hit all variants alike.
+    variants: {name: (fn, data)}; fn(*data[i % len(data)]). Returns
+    {name: (min ms, median ms)}."""
+    names = list(variants)
+    ts = {n: [] for n in names}
+    for r in range(warmup + iters):
+        for k in range(len(names)):
+            n = names[(r + k) % len(names)]
+            fn, data = variants[n]
+            d = data[r % len(data)]
+            t0 = time.perf_counter()
+            fn(*d)
+            if r >= warmup:
+                ts[n].append(time.perf_counter() - t0)
+    return {n: (min(v) * 1e3, statistics.median(v) * 1e3) for n, v in ts.items()}
 
 
-timed.medians = []
+def timed(fn, iters):
+    """Minimum ms of fn() over iters calls (after a warm-up call)."""
+    fn()
+    return interleaved({"x": (fn, [()])}, iters, warmup=0)["x"][0]
 
 
 def stream_bandwidth():
     """GB/s of an in-place a += b over 64 MiB arrays (12 bytes moved per element)."""
     a, b = torch.ones(16 << 20), torch.ones(16 << 20)
-    t = timed(lambda: a.add_(b), [()], 10)
+    t = timed(lambda: a.add_(b), 10)
     return 12 * a.numel() / (t * 1e-3) / 1e9
 
 
@@ -99,9 +110,11 @@ def ours_step(rows, dim, lr, optimizer, dtype):
     return step, emb
 
 
-def forward_only(module, data, iters):
-    with torch.no_grad():
-        return timed(lambda i, o: module(i, o), data, iters)
+def forward_only(module):
+    def fwd(idx, off):
+        with torch.no_grad():
+            module(idx, off)
+    return fwd
 
 
 def main():
@@ -110,7 +123,7 @@ def main():
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--per-bag", type=int, default=32)
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
@@ -119,70 +132,76 @@ def main():
     bw = stream_bandwidth()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "
           f"{ipex_train.isa()}; table {R} x {D} fp32, batch {B} x {L} lookups; stream {bw:.1f} GB/s")
+    print("times: min (median) ms over the rounds; all variants run round-robin in each "
+          "round; ratios use the minima")
     try:
         import fbgemm_gpu  # noqa: F401
         have_fbgemm = True
     except Exception as e:  # noqa: BLE001
         print(f"fbgemm_gpu unavailable ({e}); (b) skipped")
         have_fbgemm = False
+    f32, b16 = torch.float32, torch.bfloat16
     for kind in ("uniform", "zipf"):
         data = batches(kind, R, B, L, 8)
         uniq = statistics.mean(int(torch.unique(i).numel()) for i, _ in data)
         print(f"\n== {kind} indices: {uniq:.0f} distinct rows of {B * L} lookups per batch")
-        res, med = {}, {}
-
-        def put(key, value):
-            res[key], med[key] = value, timed.medians[-1]
+        variants, keep = {}, []
         step, emb = torch_step(R, D, lr)
-        put("torch_fwd", forward_only(emb, data, args.iters))
-        put("torch", timed(step, data, args.iters))
-        # sparse_add_ alone vs weight.add_ on the same uncoalesced gradient
+        variants["torch"] = (step, data)
+        variants["torch_fwd"] = (forward_only(emb), data)
+        # sparse_add_ alone vs weight.add_ on the same uncoalesced gradient, on a
+        # separate torch-allocated table (as a user's nn.EmbeddingBag weight is)
         i0, o0 = data[0]
         out = emb(i0, o0)
         out.backward(torch.ones_like(out))
-        grad = emb.weight.grad.detach()
-        w = emb.weight.detach()
-        put("add_torch", timed(lambda: w.add_(grad, alpha=-lr), [()], args.iters))
-        put("add_ours", timed(lambda: sparse_add_(w, grad, -lr), [()], args.iters))
-        del step, emb, grad, w, out
-        gc.collect()
+        grad = emb.weight.grad.detach().clone()
+        emb.weight.grad = None
+        w = torch.nn.EmbeddingBag(R, D, mode="sum").weight.detach()
+        variants["add_torch"] = (lambda: w.add_(grad, alpha=-lr), [()])
+        variants["add_ours"] = (lambda: sparse_add_(w, grad, -lr), [()])
+        keep += [emb, w, grad]
         for opt in ("sgd", "rowwise_adagrad"):
             if have_fbgemm:
                 step, tbe = fbgemm_step(R, D, lr, opt)
-                put(f"fbgemm_{opt}", timed(step, data, args.iters))
-                del step, tbe
-                gc.collect()
-            for dt in (torch.float32, torch.bfloat16):
+                variants[f"fbgemm_{opt}"] = (step, data)
+                keep.append(tbe)
+            for dt in (f32, b16):
                 step, emb = ours_step(R, D, lr, opt, dt)
+                variants[f"ours_{opt}_{dt}"] = (step, data)
                 if opt == "sgd":
-                    put(f"ours_fwd_{dt}", forward_only(emb, data, args.iters))
-                put(f"ours_{opt}_{dt}", timed(step, data, args.iters))
-                del step, emb
-                gc.collect()
+                    variants[f"ours_fwd_{dt}"] = (forward_only(emb), data)
+                keep.append(emb)
+        res = interleaved(variants, args.iters)
+        t = {k: v[0] for k, v in res.items()}
+
+        def show(k):
+            return f"{res[k][0]:.2f} ms ({res[k][1]:.2f})"
         # bytes an fp32 SGD step must move: pooled reads of every lookup's row,
         # the output and its gradient, read+write of every distinct row, indices.
         row = D * 4
         fp32_bytes = B * L * row + 2 * B * row + 2 * uniq * row + B * L * 8
         bound = fp32_bytes / (bw * 1e9) * 1e3
-        print(f"forward only      : torch {res['torch_fwd']:.2f} ms, ours fp32 "
-              f"{res['ours_fwd_torch.float32']:.2f} ms ({res['torch_fwd'] / res['ours_fwd_torch.float32']:.1f}x), "
-              f"ours bf16 {res['ours_fwd_torch.bfloat16']:.2f} ms")
-        print(f"(a) nn.EmbeddingBag(sparse) + SGD : {res['torch']:.2f} ms (median {med['torch']:.2f})")
+        print(f"forward only      : torch {show('torch_fwd')}, ours fp32 {show(f'ours_fwd_{f32}')} "
+              f"({t['torch_fwd'] / t[f'ours_fwd_{f32}']:.2f}x), ours bf16 {show(f'ours_fwd_{b16}')}")
+        print(f"(a) nn.EmbeddingBag(sparse) + SGD : {show('torch')}")
         for opt in ("sgd", "rowwise_adagrad"):
-            fb = res.get(f"fbgemm_{opt}")
+            fb = t.get(f"fbgemm_{opt}")
             if fb is not None:
-                print(f"(b) FBGEMM TBE {opt:16s}: {fb:.2f} ms (median {med[f'fbgemm_{opt}']:.2f})")
-            for dt in (torch.float32, torch.bfloat16):
-                t = res[f"ours_{opt}_{dt}"]
-                line = (f"(c) ours {opt:16s} {str(dt)[6:]:8s}: {t:.2f} ms (median "
-                        f"{med[f'ours_{opt}_{dt}']:.2f})   vs (a) {res['torch'] / t:.1f}x")
+                print(f"(b) FBGEMM TBE {opt:16s}   : {show(f'fbgemm_{opt}')}")
+            for dt in (f32, b16):
+                k = f"ours_{opt}_{dt}"
+                line = f"(c) ours {opt:16s} {str(dt)[6:]:8s}: {show(k)}"
+                if opt == "sgd":
+                    line += f"   vs (a) {t['torch'] / t[k]:.1f}x"
                 if fb is not None:
-                    line += f"   vs (b) {fb / t:.1f}x"
+                    line += f"   vs (b) {fb / t[k]:.1f}x"
                 print(line)
-        print(f"sparse_add_ alone : {res['add_ours']:.3f} ms vs weight.add_(grad) "
-              f"{res['add_torch']:.3f} ms ({res['add_torch'] / res['add_ours']:.1f}x)")
+        print(f"sparse_add_ alone : {show('add_ours')} vs weight.add_(grad) {show('add_torch')} "
+              f"({t['add_torch'] / t['add_ours']:.1f}x)")
         print(f"bound (fp32 SGD step, {fp32_bytes / 1e6:.1f} MB at stream bandwidth): {bound:.2f} ms; "
-              f"ours fp32 sgd at {bound / res['ours_sgd_torch.float32'] * 100:.0f}% of it")
+              f"ours fp32 sgd at {bound / t[f'ours_sgd_{f32}'] * 100:.0f}% of it")
+        del variants, keep, res
+        gc.collect()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@ mixed sizes (64 .. 1024x1024, ~9M elements), (c) a small MLP (1.3M elements in
 8 tensors) where per-step Python overhead shows. LAMB has no torch fused
 peer: it is compared with a torch._foreach implementation written here.
 
+Ours and the peer step alternately, round by round, so that a noisy phase of a
+shared machine slows both alike; times are the minimum over the rounds (the
+steadier estimate of each code's own cost there) and ratios use them.
 A streaming-bandwidth bound is measured in the same run (best of an in-place
 add and a triad, both 12 B/element); "of bound" is the time that bound allows
 for the optimizer's bytes per element divided by our time.
@@ -20,15 +23,23 @@ import torch
 import ipex_train
 
 
-def timeit(fn, steps, warmup=3):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+def interleaved(fns, steps, warmup=3):
+    """Runs every fn once per round, alternating the order each round, so a
+    noisy phase of a shared machine slows all of them alike. Returns each fn's
+    (minimum, median) seconds over the rounds."""
+    ts = [[] for _ in fns]
+    for r in range(warmup + steps):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t0 = time.perf_counter()
+            fns[i]()
+            if r >= warmup:
+                ts[i].append(time.perf_counter() - t0)
+    return [(min(v), statistics.median(v)) for v in ts]
+
+
+def timeit(fn, steps):
+    return interleaved([fn], steps)[0][0]
 
 
 def bandwidth_gbs(steps):
@@ -127,12 +138,10 @@ def main():
         for name, bpe, ours, peer in OPTIMIZERS:
             if only and name not in only:
                 continue
-            t = {}
-            for who, make in (("ours", ours), ("peer", peer)):
-                ps = params_for(shapes)
-                opt = make(ps)
-                t[who] = timeit(opt.step, args.steps)
-                del opt, ps
+            o_ours, o_peer = ours(params_for(shapes)), peer(params_for(shapes))
+            (t_ours, _), (t_peer, _) = interleaved([o_ours.step, o_peer.step], args.steps)
+            t = {"ours": t_ours, "peer": t_peer}
+            del o_ours, o_peer
             gbs = bpe * n / t["ours"] / 1e9
             print(f"{case:20} {name:13} {t['ours'] * 1e3:9.3f} {t['peer'] * 1e3:9.3f} "
                   f"{t['peer'] / t['ours']:9.2f} {gbs:9.1f} {gbs / bw:8.0%}")

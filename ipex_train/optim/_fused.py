@@ -68,15 +68,21 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
-        for p in self.param_groups[-1]["params"]:
-            _check_param(p, type(self).__name__)
+        try:
+            for p in self.param_groups[-1]["params"]:
+                _check_param(p, type(self).__name__)
+        except Exception:
+            self.param_groups.pop()  # a refused group leaves the optimizer as it was
+            raise
 
     def _gather(self, group):
         """Params of `group` that have a gradient, with their grads and trails.
 
-        Raises before anything is written if a grad is unusable (the native op
-        checks everything else: shapes, dtypes, devices, contiguity). Returns
-        (params, grads, trails); trails is [] when no param is split.
+        Writes nothing; raises if a grad is unusable (the native op checks
+        everything else: shapes, dtypes, devices, contiguity). Returns the plan
+        for _step: (params, grads, trails, singles): params for _step_group
+        (trails is [] when none is split) and, already checked in full, the
+        params that _step_sparse updates one by one (those with sparse grads).
         """
         params = [p for p in group["params"] if p.grad is not None]
         grads = [p.grad for p in params]
@@ -85,19 +91,19 @@ class FusedOptimizer(torch.optim.Optimizer):
             if g.layout is not torch.strided or not g.is_contiguous():
                 if g.layout is torch.sparse_coo:
                     self._check_sparse(group, params[i], g)  # raises where unsupported
+                    check_row_update(self, group, params[i], g)
                     sparse = (sparse or []) + [params[i]]
                     continue
                 grads[i] = self._dense_grad(params[i], g)
-        if sparse:  # applied by _step through _step_sparse, after all checks
-            self._sparse_params = sparse
+        if sparse:
             keep = [i for i, p in enumerate(params) if p.grad.layout is not torch.sparse_coo]
             params, grads = [params[i] for i in keep], [grads[i] for i in keep]
         get = self.state.get
         trails = [(get(p) or _EMPTY).get(TRAIL) for p in params]
         if all(t is None for t in trails):
-            return params, grads, []
+            trails = []
         # Mixed groups run as two kernel calls; subclasses see one kind at a time.
-        return params, grads, trails
+        return params, grads, trails, sparse or ()
 
     def _dense_grad(self, p, g):
         """A contiguous copy of a strided grad (read only, so a copy is safe)."""
@@ -159,19 +165,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Gather (and so check) every group before the first write: a bad grad
+        # Plan (and so check) every group before the first write: a bad grad
         # in a later group must not leave earlier groups half-updated.
-        gathered = []
-        for group in self.param_groups:
-            params, grads, trails = self._gather(group)
-            gathered.append((group, params, grads, trails,
-                             self.__dict__.pop("_sparse_params", None) or ()))
-        for group, params, grads, trails, sparse in gathered:
-            for p in sparse:
-                self._step_sparse(group, p, p.grad, self.state[p])
+        plans = [self._gather(group) for group in self.param_groups]
+        # The multi-tensor calls check their own inputs before they write; the
+        # one-param updates were checked by _gather. So the multi-tensor calls
+        # go first: a step with one of them raises before anything is written.
+        for group, (params, grads, trails, _) in zip(self.param_groups, plans):
             for ps, gs, ts in self._split_by_kind(params, grads, trails):
                 if ps:
                     self._step_group(group, ps, gs, ts)
+        for group, (_, _, _, singles) in zip(self.param_groups, plans):
+            for p in singles:
+                self._step_sparse(group, p, p.grad, self.state[p])
         return loss
 
     def _step_group(self, group, params, grads, trails):
@@ -184,6 +190,133 @@ class FusedOptimizer(torch.optim.Optimizer):
                            f"(got layout {grad.layout})")
 
     def _step_sparse(self, group, p, grad, state):
+        raise NotImplementedError
+
+
+# --- Optimizers that update one parameter per native call --------------------
+# The multi-tensor ops check a whole group before writing; the sparse row-update
+# op (ipex_train.sparse.functional) sees one parameter at a time. So every
+# parameter of every group is checked here, in Python, against what that op
+# would refuse, before the first one is written.
+
+_GRAD_DTYPES = (torch.float32, torch.bfloat16)
+_MAX_NNZ = 2 ** 31 - 1  # the row-update op counts entries in int32
+
+
+def _where(opt, group, p):
+    """'param group G, param I (shape S)', for error messages."""
+    gi = next(i for i, g in enumerate(opt.param_groups) if g is group)
+    pi = next(i for i, q in enumerate(group["params"]) if q is p)
+    return f"param group {gi}, param {pi} (shape {tuple(p.shape)})"
+
+
+class _Checker:
+    """Raises errors that name the optimizer and the parameter."""
+    __slots__ = ("opt", "group", "p")
+
+    def __init__(self, opt, group, p):
+        self.opt, self.group, self.p = opt, group, p
+
+    def fail(self, exc, msg):
+        raise exc(f"{type(self.opt).__name__}: {_where(self.opt, self.group, self.p)}: {msg}")
+
+    def dense_cpu(self, t, what):
+        if t.device.type != "cpu":
+            self.fail(ValueError, f"{what} must be on the CPU, got {t.device}")
+        if t.layout is not torch.strided:
+            self.fail(ValueError, f"{what} must be a dense tensor, got {t.layout}")
+        if not t.is_contiguous():
+            self.fail(ValueError, f"{what} must be contiguous (a non-contiguous tensor would "
+                                  "be updated through a copy)")
+
+    def tensor(self, t, what, dtype, shape):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
+            self.fail(TypeError, f"{what} must be a {dtype} tensor, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)}")
+        self.dense_cpu(t, what)
+        if tuple(t.shape) != tuple(shape):
+            self.fail(ValueError, f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+
+
+def check_row_update(opt, group, p, grad, state_shapes=None, allow_dense=False):
+    """Raises what the sparse row-update op would raise for this parameter,
+    without writing anything: the param (contiguous CPU fp32 with at least one
+    dimension, or bf16 with a matching int16 ``"trail"`` in its state), its
+    ``grad`` (fp32 or bf16 of the param's shape; sparse COO with one sparse
+    dimension and every row index in range or, with ``allow_dense``, dense)
+    and the fp32 state tensors named in ``state_shapes`` ({key: shape}) that
+    exist already (missing ones are created by the update)."""
+    c = _Checker(opt, group, p)
+    state = opt.state.get(p) or _EMPTY
+    c.dense_cpu(p, "the parameter")
+    if p.dim() < 1:
+        c.fail(ValueError, "parameters need at least one dimension (rows)")
+    trail = state.get(TRAIL)
+    if trail is None and p.dtype != torch.float32:
+        c.fail(TypeError, f"parameters must be float32, or bfloat16 with their int16 'trail' in "
+                          f"the optimizer state (see ipex_train.optimize); got {p.dtype}")
+    if trail is not None:
+        if p.dtype != torch.bfloat16:
+            c.fail(TypeError, f"the state holds a split-bf16 'trail' but the parameter is {p.dtype}")
+        c.tensor(trail, "its 'trail'", torch.int16, p.shape)
+    for key, shape in (state_shapes or _EMPTY).items():
+        if state.get(key) is not None:
+            c.tensor(state[key], f"state {key!r}", torch.float32, shape)
+    if grad.device.type != "cpu":
+        c.fail(ValueError, f"grad must be on the CPU, got {grad.device}")
+    if grad.shape != p.shape:
+        c.fail(ValueError, f"grad has shape {tuple(grad.shape)}, expected the param's")
+    if grad.dtype not in _GRAD_DTYPES:
+        c.fail(TypeError, f"grads must be float32 or bfloat16, got {grad.dtype}")
+    if grad.layout is torch.sparse_coo:
+        if grad.sparse_dim() != 1:
+            c.fail(ValueError, "sparse grads need exactly one sparse dimension (rows), got "
+                               f"sparse_dim={grad.sparse_dim()}; use grad.to_sparse(1)")
+        rows = grad._indices()[0]
+        if rows.numel() >= _MAX_NNZ:
+            c.fail(ValueError, f"the sparse grad has {rows.numel()} entries, more than "
+                               f"{_MAX_NNZ - 1}")
+        if rows.numel():
+            lo, hi = (int(x) for x in torch.aminmax(rows))
+            if lo < 0 or hi >= p.shape[0]:
+                c.fail(IndexError, f"sparse grad row index {lo if lo < 0 else hi} is out of "
+                                   f"range for {p.shape[0]} rows")
+    elif grad.layout is torch.strided:
+        if not allow_dense:
+            raise RuntimeError(f"{type(opt).__name__} does not support dense gradients, please "
+                               f"consider Adam instead (got one for {_where(opt, group, p)})")
+    else:
+        c.fail(TypeError, f"unsupported gradient layout {grad.layout}")
+
+
+class RowUpdateOptimizer(FusedOptimizer):
+    """Base of optimizers that update each parameter in its own native call
+    (the sparse row-update op): RowWiseAdagrad, SparseAdam.
+
+    Subclasses set ``_allow_dense`` (dense grads accepted besides sparse COO),
+    implement ``_state_shapes(p)`` ({state key: shape} of the fp32 state
+    tensors) and ``_update(group, p, grad, state)``. Every parameter of every
+    group is checked by ``check_row_update`` before the first update runs.
+    """
+
+    _allow_dense = False
+
+    def _gather(self, group):
+        singles = []
+        for p in group["params"]:
+            g = p.grad
+            if g is not None:
+                check_row_update(self, group, p, g, self._state_shapes(p), self._allow_dense)
+                singles.append(p)
+        return [], [], [], singles
+
+    def _step_sparse(self, group, p, grad, state):
+        self._update(group, p, grad, state)  # sparse or dense grad
+
+    def _state_shapes(self, p):
+        raise NotImplementedError
+
+    def _update(self, group, p, grad, state):
         raise NotImplementedError
 
 

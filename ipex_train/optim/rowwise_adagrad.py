@@ -1,12 +1,11 @@
 """Row-wise Adagrad: one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD."""
 import torch
 
+from ._fused import TRAIL, RowUpdateOptimizer, check_hyper, float_of
 from ..sparse import functional as F
 
-TRAIL = "trail"
 
-
-class RowWiseAdagrad(torch.optim.Optimizer):
+class RowWiseAdagrad(RowUpdateOptimizer):
     """Adagrad with one fp32 accumulator per row of each parameter.
 
     For a parameter ``w`` [rows, ...] and the gradient ``g`` of one row::
@@ -23,36 +22,27 @@ class RowWiseAdagrad(torch.optim.Optimizer):
     updated; duplicate rows are summed first, the same bits for any thread
     count). Parameters are fp32, or split bf16 (a bfloat16 param with an int16
     ``"trail"`` in its state, as ``ipex_train.optimize`` makes them).
-    State per param: ``"sum"`` (fp32 [rows]).
+    State per param: ``"sum"`` (fp32 [rows]), created at its first update.
+    Every param of every group is checked before any is updated.
     """
+
+    _allow_dense = True
 
     def __init__(self, params, lr=1e-2, eps=1e-8, initial_accumulator_value=0.0, *,
                  maximize=False):
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if initial_accumulator_value < 0.0:
+        check_hyper(type(self).__name__, lr=lr, eps=eps, weight_decay=0.0, differentiable=False)
+        if not 0.0 <= initial_accumulator_value:
             raise ValueError(f"Invalid initial_accumulator_value value: {initial_accumulator_value}")
         super().__init__(params, dict(lr=lr, eps=eps, maximize=maximize,
                                       initial_accumulator_value=initial_accumulator_value))
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if p.dim() < 1:
-                    raise ValueError("RowWiseAdagrad: parameters need at least one dimension (rows)")
-                state = self.state[p]
-                if "sum" not in state:
-                    state["sum"] = torch.full((p.shape[0],), float(group["initial_accumulator_value"]),
-                                              dtype=torch.float32)
-                F.rowwise_adagrad_(p, p.grad, state["sum"], group["lr"], group["eps"],
-                                   group["maximize"], state.get(TRAIL))
-        return loss
+    def _state_shapes(self, p):
+        return {"sum": p.shape[:1]}
+
+    def _update(self, group, p, grad, state):
+        acc = state.get("sum")
+        if acc is None:
+            acc = state["sum"] = torch.full((p.shape[0],), float(group["initial_accumulator_value"]),
+                                            dtype=torch.float32)
+        F.rowwise_adagrad_(p, grad, acc, float_of(group["lr"]), group["eps"], group["maximize"],
+                           state.get(TRAIL))

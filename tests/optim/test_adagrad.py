@@ -1,12 +1,11 @@
 """ipex_train.optim.Adagrad against torch.optim.Adagrad."""
-import copy
 import itertools
 
 import pytest
 import torch
 
 import ipex_train
-from optim_testlib import cfg_id, problem, run
+from optim_testlib import assert_matches, cfg_id, problem, resume, run, step_together
 
 CONFIGS = [dict(lr=0.05, lr_decay=d, weight_decay=wd, initial_accumulator_value=a, maximize=mx)
            for d, wd, a, mx in itertools.product([0.0, 0.01], [0.0, 0.1], [0.0, 0.1],
@@ -15,11 +14,9 @@ CONFIGS = [dict(lr=0.05, lr_decay=d, weight_decay=wd, initial_accumulator_value=
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_matches_torch(cfg, isa_level):
-    params, grads = problem(0)
-    ours, _ = run(lambda ps: ipex_train.optim.Adagrad(ps, **cfg), params, grads)
-    ref, _ = run(lambda ps: torch.optim.Adagrad(ps, **cfg), params, grads)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_matches(lambda ps: ipex_train.optim.Adagrad(ps, **cfg),
+                   lambda ps: torch.optim.Adagrad(ps, **cfg), *problem(0),
+                   ref_key=("Adagrad", cfg_id(cfg)))
 
 
 def test_state_created_like_torch_and_round_trips():
@@ -33,18 +30,11 @@ def test_state_created_like_torch_and_round_trips():
         for key in ("step", "sum"):
             assert torch.equal(a["state"][k][key], b["state"][k][key])
     tps, topt = run(lambda ps: torch.optim.Adagrad(ps, **cfg), params, grads[:10])
-    ops = [p.detach().clone().requires_grad_() for p in tps]
-    opt = ipex_train.optim.Adagrad(ops, **cfg)
-    opt.load_state_dict(copy.deepcopy(topt.state_dict()))
-    for row in grads[10:]:
-        for p, q, g in zip(tps, ops, row):
-            p.grad = q.grad = None if g is None else g.clone()
-        topt.step()
-        opt.step()
+    ops, opt = resume(topt, lambda ps: ipex_train.optim.Adagrad(ps, **cfg))
+    step_together([(tps, topt), (ops, opt)], grads[10:])
     for x, y in zip(ops, tps):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
-    back = torch.optim.Adagrad([p.detach().clone().requires_grad_() for p in ops], **cfg)
-    back.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _, back = resume(opt, lambda ps: torch.optim.Adagrad(ps, **cfg))
     for k, st in opt.state_dict()["state"].items():
         for key, v in st.items():
             assert torch.equal(back.state_dict()["state"][k][key], v)

@@ -1,12 +1,12 @@
 """ipex_train.optim.Adam / AdamW against torch.optim.Adam / AdamW."""
-import copy
 import itertools
 
 import pytest
 import torch
 
 import ipex_train
-from optim_testlib import cfg_id, problem, run
+from optim_testlib import (assert_matches, assert_training_matches, cfg_id, problem,
+                           resume, run, step_together)
 
 CONFIGS = [dict(lr=lr, betas=b, weight_decay=wd, amsgrad=ams, maximize=mx)
            for lr, b, wd, ams, mx in itertools.product(
@@ -16,21 +16,15 @@ CONFIGS = [dict(lr=lr, betas=b, weight_decay=wd, amsgrad=ams, maximize=mx)
 @pytest.mark.parametrize("cls", ["Adam", "AdamW"])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_matches_torch(cls, cfg, isa_level):
-    params, grads = problem(0)
-    ours, _ = run(lambda ps: getattr(ipex_train.optim, cls)(ps, **cfg), params, grads)
-    ref, _ = run(lambda ps: getattr(torch.optim, cls)(ps, **cfg), params, grads)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_matches(lambda ps: getattr(ipex_train.optim, cls)(ps, **cfg),
+                   lambda ps: getattr(torch.optim, cls)(ps, **cfg), *problem(0),
+                   ref_key=(cls, cfg_id(cfg)))
 
 
 def test_decoupled_weight_decay_flag_matches_adamw():
-    params, grads = problem(3, steps=10)
     cfg = dict(lr=0.01, weight_decay=0.1)
-    ours, _ = run(lambda ps: ipex_train.optim.Adam(ps, decoupled_weight_decay=True, **cfg),
-                  params, grads)
-    ref, _ = run(lambda ps: torch.optim.AdamW(ps, **cfg), params, grads)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_matches(lambda ps: ipex_train.optim.Adam(ps, decoupled_weight_decay=True, **cfg),
+                   lambda ps: torch.optim.AdamW(ps, **cfg), *problem(3, steps=10))
 
 
 def test_state_dict_round_trips_with_torch():
@@ -38,14 +32,8 @@ def test_state_dict_round_trips_with_torch():
     cfg = dict(lr=0.05, amsgrad=True, weight_decay=0.01)
     # torch -> ours
     tps, topt = run(lambda ps: torch.optim.Adam(ps, **cfg), params, grads[:10])
-    ops = [p.detach().clone().requires_grad_() for p in tps]
-    opt = ipex_train.optim.Adam(ops, **cfg)
-    opt.load_state_dict(copy.deepcopy(topt.state_dict()))
-    for row in grads[10:]:
-        for p, q, g in zip(tps, ops, row):
-            p.grad = q.grad = None if g is None else g.clone()
-        topt.step()
-        opt.step()
+    ops, opt = resume(topt, lambda ps: ipex_train.optim.Adam(ps, **cfg))
+    step_together([(tps, topt), (ops, opt)], grads[10:])
     for a, b in zip(ops, tps):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     sd, tsd = opt.state_dict(), topt.state_dict()
@@ -55,45 +43,22 @@ def test_state_dict_round_trips_with_torch():
         assert sd["state"][k]["step"].dtype == torch.float32
         assert sd["state"][k]["step"].item() == tsd["state"][k]["step"].item()
     # ours -> torch
-    topt2 = torch.optim.Adam([p.detach().clone().requires_grad_() for p in ops], **cfg)
-    topt2.load_state_dict(copy.deepcopy(sd))
+    _, topt2 = resume(opt, lambda ps: torch.optim.Adam(ps, **cfg))
     for k in sd["state"]:
         for key, v in sd["state"][k].items():
             torch.testing.assert_close(topt2.state_dict()["state"][k][key], v)
 
 
 def test_lr_scheduler_closure_add_param_group():
-    params, grads = problem(4, steps=12)
-
-    def drive(mod):
-        ps = [p.clone().requires_grad_() for p in params]
-        opt = mod.Adam(ps[:4], lr=0.1)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
-        losses = []
-        for t, row in enumerate(grads):
-            if t == 5:
-                opt.add_param_group(dict(params=ps[4:], lr=0.02, amsgrad=True))
-            opt.zero_grad()
-            for p, g in zip(ps, row):
-                if g is not None:
-                    p.grad = g.clone()
-            losses.append(opt.step(lambda: torch.tensor(float(t))))
-            sched.step()
-        return ps, losses
-
-    ours, ol = drive(ipex_train.optim)
-    ref, rl = drive(torch.optim)
-    assert ol == rl
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_training_matches(lambda ps: ipex_train.optim.Adam(ps, lr=0.1),
+                            lambda ps: torch.optim.Adam(ps, lr=0.1), *problem(4, steps=12),
+                            first=4, add_at=5, extra_group=dict(lr=0.02, amsgrad=True),
+                            step_size=3)
 
 
 def test_tensor_lr():
-    params, grads = problem(5, steps=5, skip=False)
-    ours, _ = run(lambda ps: ipex_train.optim.AdamW(ps, lr=torch.tensor(0.01)), params, grads)
-    ref, _ = run(lambda ps: torch.optim.AdamW(ps, lr=0.01), params, grads)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_matches(lambda ps: ipex_train.optim.AdamW(ps, lr=torch.tensor(0.01)),
+                   lambda ps: torch.optim.AdamW(ps, lr=0.01), *problem(5, steps=5, skip=False))
 
 
 def test_constructor_checks():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import ipex_train
-from optim_testlib import SHAPES, bits_equal, join_split, problem, run, split
+from optim_testlib import (SHAPES, assert_same_across_threads_and_isas, bits_equal,
+                           join_split, problem, split)
 
 ops = torch.ops.ipex_train
 
@@ -39,20 +40,7 @@ MAKERS = {
 
 @pytest.mark.parametrize("name", list(MAKERS))
 def test_thread_count_and_isa_do_not_change_result(name, threads):
-    params, grads = problem(1, steps=10)
-    results = []
-    for level in ipex_train.available_isas():
-        for n in (1, 2):
-            threads(n)
-            with ipex_train.force_isa(level):
-                ps, opt = run(MAKERS[name], params, grads)
-            results.append((ps, opt.state_dict()["state"]))
-    for ps, st in results[1:]:
-        for a, b in zip(results[0][0], ps):
-            assert torch.equal(a, b)
-        for k, d in st.items():
-            for key, v in d.items():
-                assert torch.equal(v, results[0][1][k][key]), (k, key)
+    assert_same_across_threads_and_isas(MAKERS[name], *problem(1, steps=10), threads)
 
 
 def _inputs(seed, shapes=SHAPES, nstate=1, grad_dtype=torch.float32):

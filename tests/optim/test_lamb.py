@@ -1,12 +1,11 @@
 """ipex_train.optim.Lamb against a plain-PyTorch LAMB written here."""
-import copy
 import itertools
 
 import pytest
 import torch
 
 import ipex_train
-from optim_testlib import cfg_id, problem, run
+from optim_testlib import assert_matches, cfg_id, problem, resume, run, step_together
 
 
 class RefLamb(torch.optim.Optimizer):
@@ -55,24 +54,16 @@ CONFIGS = [dict(lr=0.01, weight_decay=wd, max_trust_ratio=mtr, bias_correction=b
 def test_matches_reference(cfg, scale, isa_level):
     params, grads = problem(0, scale=scale)
     params[1].zero_()  # a zero-norm param: trust ratio 1
-    ours, _ = run(lambda ps: ipex_train.optim.Lamb(ps, **cfg), params, grads)
-    ref, _ = run(lambda ps: RefLamb(ps, **cfg), params, grads)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * scale)
+    assert_matches(lambda ps: ipex_train.optim.Lamb(ps, **cfg), lambda ps: RefLamb(ps, **cfg),
+                   params, grads, ref_key=("Lamb", cfg_id(cfg), scale), atol=1e-5 * scale)
 
 
 def test_state_dict_round_trip():
     params, grads = problem(1, steps=20)
     cfg = dict(lr=0.01, weight_decay=0.01)
     ps, opt = run(lambda ps: ipex_train.optim.Lamb(ps, **cfg), params, grads[:10])
-    qs = [p.detach().clone().requires_grad_() for p in ps]
-    opt2 = ipex_train.optim.Lamb(qs, **cfg)
-    opt2.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for row in grads[10:]:
-        for p, q, g in zip(ps, qs, row):
-            p.grad = q.grad = None if g is None else g.clone()
-        opt.step()
-        opt2.step()
+    qs, opt2 = resume(opt, lambda ps: ipex_train.optim.Lamb(ps, **cfg))
+    step_together([(ps, opt), (qs, opt2)], grads[10:])
     for a, b in zip(ps, qs):
         assert torch.equal(a, b)
     assert set(opt.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}

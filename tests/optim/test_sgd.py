@@ -1,31 +1,11 @@
 """ipex_train.optim.SGD against torch.optim.SGD."""
-import copy
 import itertools
 
 import pytest
 import torch
 
 import ipex_train
-
-SHAPES = [(0,), (1,), (7,), (33, 17), (1000,), (3, 5, 7), (40000,)]
-
-
-def _problem(seed):
-    g = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=g) for s in SHAPES]
-    grads = [[torch.randn(s, generator=g) for s in SHAPES] for _ in range(50)]
-    return params, grads
-
-
-def _run(cls, params, grads, **kw):
-    ps = [p.clone().requires_grad_() for p in params]
-    opt = cls(ps, **kw)
-    for step in grads:
-        for p, g in zip(ps, step):
-            p.grad = g.clone()
-        opt.step()
-    return ps, opt
-
+from optim_testlib import assert_matches, cfg_id, problem, resume, run, step_together
 
 CONFIGS = [dict(lr=lr, momentum=m, dampening=d, weight_decay=wd, nesterov=n, maximize=mx)
            for lr, m, d, wd, n, mx in itertools.product(
@@ -33,42 +13,22 @@ CONFIGS = [dict(lr=lr, momentum=m, dampening=d, weight_decay=wd, nesterov=n, max
            if not (n and (m == 0 or d != 0))]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("cfg", CONFIGS, ids=cfg_id)
 def test_matches_torch(cfg, isa_level):
-    params, grads = _problem(0)
-    ours, _ = _run(ipex_train.optim.SGD, params, grads, **cfg)
-    ref, _ = _run(torch.optim.SGD, params, grads, **cfg)
-    for a, b in zip(ours, ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_matches(lambda ps: ipex_train.optim.SGD(ps, **cfg),
+                   lambda ps: torch.optim.SGD(ps, **cfg), *problem(0, skip=False),
+                   ref_key=("SGD", cfg_id(cfg)))
 
 
-def test_thread_count_and_isa_do_not_change_result(threads):
-    params, grads = _problem(1)
-    cfg = dict(lr=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)
-    results = []
-    for level in ipex_train.available_isas():
-        for n in (1, 2):
-            threads(n)
-            with ipex_train.force_isa(level):
-                ps, _ = _run(ipex_train.optim.SGD, params, grads, **cfg)
-            results.append(ps)
-    for r in results[1:]:
-        for a, b in zip(results[0], r):
-            assert torch.equal(a, b)
+# Thread count and ISA independence: tests/optim/test_fused_ops.py (every optimizer).
 
 
 def test_state_dict_round_trips_with_torch():
-    params, grads = _problem(2)
+    params, grads = problem(2, skip=False)
     cfg = dict(lr=0.1, momentum=0.9)
-    ours, opt = _run(ipex_train.optim.SGD, params, grads[:10], **cfg)
-    ref = [p.detach().clone().requires_grad_() for p in ours]
-    topt = torch.optim.SGD(ref, **cfg)
-    topt.load_state_dict(copy.deepcopy(opt.state_dict()))  # torch shares tensors otherwise
-    for step in grads[10:20]:
-        for p, q, g in zip(ours, ref, step):
-            p.grad, q.grad = g.clone(), g.clone()
-        opt.step()
-        topt.step()
+    ours, opt = run(lambda ps: ipex_train.optim.SGD(ps, **cfg), params, grads[:10])
+    ref, topt = resume(opt, lambda ps: torch.optim.SGD(ps, **cfg))
+    step_together([(ours, opt), (ref, topt)], grads[10:20])
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b)
 
@@ -115,3 +75,22 @@ def test_bad_grad_in_a_later_group_leaves_earlier_groups_unchanged():
     with pytest.raises(RuntimeError, match="momentum"):
         opt.step()
     assert torch.equal(a.detach(), before)
+
+
+@pytest.mark.parametrize("groups", ["one", "two"])
+def test_bad_dense_param_leaves_sparse_params_unchanged(groups):
+    """Sparse grads are checked in Python and applied after the multi-tensor
+    call, so a dense param the native op refuses stops the step before any
+    write, also when the sparse param comes first."""
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    bad = torch.randn(4, 6).t().requires_grad_()  # non-contiguous
+    ps = [emb.weight, bad]
+    opt = ipex_train.optim.SGD([{"params": ps}] if groups == "one" else
+                               [{"params": [p]} for p in ps], lr=0.1)
+    emb(torch.tensor([1, 2, 1])).sum().backward()
+    bad.grad = torch.ones(6, 4)
+    before = [p.detach().clone() for p in ps]
+    with pytest.raises(ValueError, match="contiguous"):
+        opt.step()
+    for p, b in zip(ps, before):
+        assert torch.equal(p.detach(), b)
