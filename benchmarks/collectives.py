@@ -4,10 +4,11 @@
 
 Starts itself on 2 ranks with the environment's mpiexec (through
 ipex-train-run, so ranks get their cores), then each size from 4 KiB to 64 MiB
-runs on the ccl group and on a gloo group over the same ranks. Prints the
-median time per call, bus bandwidth (all_reduce: 2(n-1)/n * bytes / t;
-all_to_all: (n-1)/n * bytes / t) and the ratio gloo time / ccl time (>1: ccl
-faster).
+runs on the ccl group and on a gloo group over the same ranks, the two
+taking turns call by call. Prints the median time per call, bus bandwidth
+(all_reduce: 2(n-1)/n * bytes / t; all_to_all: (n-1)/n * bytes / t) and the
+ratio gloo time / ccl time (>1: ccl faster). oneCCL's variables set in the
+environment are honoured (e.g. CCL_ALLREDUCE=direct for oneCCL's own default).
 """
 import argparse
 import os
@@ -26,16 +27,25 @@ def launch(args):
     return subprocess.call(cmd, timeout=1800)
 
 
-def timeit(fn, nbytes):
-    iters = max(3, min(50, int(256 * 2 ** 20 / max(nbytes, 1))))
-    fn()
-    fn()  # warm up (connections, buffers)
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
+def timeit(fns, nbytes, barrier):
+    """Median seconds per call of each fn in `fns` ({name: fn}).
+
+    The fns take turns call by call, each call after a barrier, so background
+    load on this shared 2-core machine hits every backend alike and no rank
+    starts a timed call early.
+    """
+    iters = max(8, min(50, int(256 * 2 ** 20 / max(nbytes, 1))))
+    for fn in fns.values():
         fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+        fn()  # warm up (connections, buffers)
+    ts = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            barrier()
+            t0 = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(v) for name, v in ts.items()}
 
 
 def worker(args):
@@ -57,14 +67,13 @@ def worker(args):
         for nbytes in sizes:
             x = torch.randn(nbytes // 4)
             out = torch.empty_like(x)
-            res = {}
+            fns = {}
             for name, group in (("ccl", None), ("gloo", gloo)):
                 if op == "all_reduce":
-                    fn = lambda g=group: dist.all_reduce(x, group=g)
+                    fns[name] = lambda g=group: dist.all_reduce(x, group=g)
                 else:
-                    fn = lambda g=group: dist.all_to_all_single(out, x, group=g)
-                dist.barrier(group=gloo)
-                res[name] = timeit(fn, nbytes)
+                    fns[name] = lambda g=group: dist.all_to_all_single(out, x, group=g)
+            res = timeit(fns, nbytes, lambda: dist.barrier(group=gloo))
             # both ranks report rank 0's figures after agreeing on the max
             t = torch.tensor([res["ccl"], res["gloo"]], dtype=torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
@@ -73,7 +82,8 @@ def worker(args):
     if rank == 0:
         transport = os.environ.get("CCL_ATL_TRANSPORT")
         print(f"# 2 ranks, oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
+              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+              f"CCL_ALLREDUCE={os.environ.get('CCL_ALLREDUCE', '(oneCCL default)')}")
         print(f"{'op':<18}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
               f"{'gloo GB/s':>10}{'gloo/ccl':>9}")
         for op, nbytes, tc, tg, f in rows:

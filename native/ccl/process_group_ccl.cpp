@@ -29,8 +29,11 @@
 
 #include <oneapi/ccl.hpp>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <functional>
 #include <mutex>
@@ -109,20 +112,80 @@ class WorkCCL : public c10d::Work {
 };
 
 // A collective runs to completion in `run`. A point-to-point op instead
-// `start`s (non-blocking) and is finished by `done` once its event completes,
-// so a rank can have a send and a receive in flight at once (isend/irecv
-// pairs that would deadlock if each blocked in turn).
+// `start`s without blocking and hands back a Poll that returns true once the
+// op is done (and throws if it failed); the worker polls every started op, so
+// a rank can have sends and receives in flight at once (isend/irecv pairs
+// that would deadlock if each blocked in turn).
+using Poll = std::function<bool()>;
+
 struct Task {
   c10::intrusive_ptr<WorkCCL> work;
   std::function<void()> run;
-  std::function<ccl::event()> start;
-  std::function<void()> done;
+  std::function<Poll()> start;
 };
 
 struct InFlight {
-  Task task;
-  ccl::event ev;
+  c10::intrusive_ptr<WorkCCL> work;
+  Poll poll;
   Clock::time_point since;
+};
+
+// ------------------------------------------------ point-to-point matching ---
+//
+// torch.distributed matches a recv with the oldest unmatched send from its
+// source that has the same tag. oneCCL's send/recv have no tag: between two
+// ranks they match in issue order. So each message travels as a 16-byte
+// header {tag, bytes} followed by its payload, and the receiver matches:
+//
+//   sender:    [tag 7 | 40 B] [40 B payload] [tag 3 | 8 B] [8 B payload] ...
+//   receiver:  header -> the oldest posted recv from that peer with that tag?
+//                yes: the payload lands in its tensor directly
+//                no:  the payload lands in a stash, which a later recv with
+//                     that tag takes (one copy), like MPI's unexpected queue
+//
+// Headers are read from a peer only while a posted recv from it waits, so no
+// receive stays in flight once the user's receives are done. A message whose
+// tag matches but whose size differs fails that recv with an error naming
+// both sizes (the payload is still drained, so later messages match).
+//
+// Both directions keep one oneCCL op per peer in flight at a time: oneCCL
+// progresses concurrent send/recv schedules in no fixed order (two isends to
+// one peer were seen to post the second payload before the second header),
+// so each header or payload is posted only after the previous one to or from
+// that peer completed.
+
+struct SendReq {
+  std::array<int64_t, 2> hdr;   // {tag, bytes}
+  at::Tensor buf;               // contiguous payload
+  int posted = 0;               // 0: nothing, 1: header, 2: payload in flight
+  std::unique_ptr<ccl::event> ev;
+  bool finished = false;
+  std::exception_ptr err;
+};
+
+struct RecvReq {
+  int64_t tag;
+  at::Tensor buf;               // contiguous destination
+  std::function<void()> done;   // writes `buf` back to the user's tensor
+  bool finished = false;
+  std::exception_ptr err;
+};
+
+struct Stashed {
+  int64_t tag;
+  at::Tensor bytes;
+};
+
+// The traffic with one peer; used by the worker thread only.
+struct Channel {
+  std::deque<std::shared_ptr<SendReq>> sends;   // to the peer, in issue order
+  std::deque<std::shared_ptr<RecvReq>> posted;  // receives waiting, in post order
+  std::deque<Stashed> stash;                    // arrived before their recv, in order
+  std::array<int64_t, 2> hdr{};                 // {tag, bytes} being received
+  std::unique_ptr<ccl::event> hdr_ev, body_ev;  // header / payload in flight
+  std::shared_ptr<RecvReq> body_for;            // the payload's recv (null: stash)
+  at::Tensor body;
+  int64_t body_tag = 0;
 };
 
 // ---------------------------------------------------------------- helpers ---
@@ -227,6 +290,7 @@ class ProcessGroupCCL : public c10d::Backend {
       kvs_ = ccl::create_kvs(addr);
     }
     comm_ = std::make_unique<ccl::communicator>(ccl::create_communicator(size, rank, kvs_));
+    chans_.resize(size);
     worker_ = std::thread([this] { work_loop(); });
     watchdog_ = std::thread([this] { watch_loop(); });
   }
@@ -271,7 +335,7 @@ class ProcessGroupCCL : public c10d::Backend {
       g_any_aborted.store(true);
       q.swap(queue_);
       cur = current_;
-      for (auto& f : inflight_) p2p.push_back(f.task.work);
+      for (auto& f : inflight_) p2p.push_back(f.work);
     }
     cv_.notify_all();
     auto err = std::make_exception_ptr(c10::DistBackendError(
@@ -331,8 +395,7 @@ class ProcessGroupCCL : public c10d::Backend {
     int root = int(o.rootRank);
     return enqueue(OpType::REDUCE, "reduce", ts, o.timeout, [this, t, op, root] {
       auto buf = dense(t);
-      if (rank_ != root) buf = buf.clone();  // non-roots keep their input
-      reduce_in_place(buf, op, "reduce", root);
+      reduce_in_place(buf, op, "reduce", root);  // leaves a non-root's input as it was
       if (rank_ == root) write_back(t, buf);
     });
   }
@@ -594,9 +657,9 @@ class ProcessGroupCCL : public c10d::Backend {
     check_one(ts, "send");
     check_peer(dst, "send");
     auto buf = dense(ts[0]);
-    return enqueue_p2p(OpType::SEND, "send", ts, [this, buf, dst] {
-      return ccl::send(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, dst, *comm_);
-    }, [] {});
+    return enqueue_p2p(OpType::SEND, "send", ts, [this, buf, dst, tag] {
+      return start_send(dst, tag, buf);
+    });
   }
 
   c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& ts, int src, int tag) override {
@@ -604,13 +667,17 @@ class ProcessGroupCCL : public c10d::Backend {
     check_peer(src, "recv");
     auto t = ts[0];
     auto buf = dense(t);
-    return enqueue_p2p(OpType::RECV, "recv", ts, [this, buf, src] {
-      return ccl::recv(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, src, *comm_);
-    }, [t, buf] { write_back(t, buf); });
+    return enqueue_p2p(OpType::RECV, "recv", ts, [this, t, buf, src, tag] {
+      return start_recv(src, tag, buf, [t, buf] { write_back(t, buf); });
+    });
   }
 
+  // Reached by recv(tensor) without src and irecv(tensor) without src. A
+  // wildcard would have to read headers from every peer at once, leaving
+  // receives in flight that nothing may ever complete (and that would block
+  // every later collective): refused instead.
   c10::intrusive_ptr<c10d::Work> recvAnysource(std::vector<at::Tensor>&, int) override {
-    fail("ccl recv: receiving from any source is not supported (oneCCL has no wildcard receive); "
+    fail("ccl recv: receiving from any source (src=None) is not supported by the ccl backend; "
          "pass src");
   }
 
@@ -678,17 +745,25 @@ class ProcessGroupCCL : public c10d::Backend {
     ccl::alltoallv(s, send, d, recv, ccl::datatype::uint8, *comm_).wait();
   }
 
-  // In-place reduction of contiguous `buf` to all ranks (root < 0) or to `root`.
+  // In-place reduction of contiguous `buf` to all ranks (root < 0) or to
+  // `root`; a non-root's `buf` is only read.
   void reduce_in_place(at::Tensor& buf, const ReduceOp& op, const char* name, int root) {
     bool avg;
     const auto red = ccl_op(op, buf.scalar_type(), name, &avg);
     at::Tensor work = is_half(buf.scalar_type()) ? buf.to(at::kFloat) : buf;
     if (work.numel() > 0) {
       const auto dt = ccl_type(work.scalar_type(), name);
-      if (root < 0)
+      if (root < 0) {
         ccl::allreduce(work.data_ptr(), work.data_ptr(), work.numel(), dt, red, *comm_).wait();
-      else
+      } else if (rank_ != root) {
+        // oneCCL may use a non-root's receive buffer as scratch: give it one of
+        // its own rather than copying the input (pages never written cost nothing)
+        auto scratch = at::empty_like(work);
+        ccl::reduce(work.data_ptr(), scratch.data_ptr(), work.numel(), dt, red, root, *comm_).wait();
+        return;
+      } else {
         ccl::reduce(work.data_ptr(), work.data_ptr(), work.numel(), dt, red, root, *comm_).wait();
+      }
     }
     if (avg) work.div_(size_);
     if (!work.is_same(buf)) buf.copy_(work);
@@ -728,14 +803,13 @@ class ProcessGroupCCL : public c10d::Backend {
 
   c10::intrusive_ptr<c10d::Work> enqueue_p2p(OpType type, const char* name,
                                              std::vector<at::Tensor> outs,
-                                             std::function<ccl::event()> start,
-                                             std::function<void()> done) {
+                                             std::function<Poll()> start) {
     auto w = c10::make_intrusive<WorkCCL>(rank_, type, std::move(outs), timeout_, name);
     w->pg = this;
     {
       std::lock_guard<std::mutex> g(m_);
       if (aborted_.load()) fail(std::string("ccl ") + name + ": process group aborted earlier: " + reason_);
-      queue_.push_back(Task{w, nullptr, std::move(start), std::move(done)});
+      queue_.push_back(Task{w, nullptr, std::move(start)});
       ++seq_;
     }
     cv_.notify_all();
@@ -747,24 +821,171 @@ class ProcessGroupCCL : public c10d::Backend {
         {__func__, __FILE__, uint32_t(__LINE__)}, "ccl " + name + " failed: " + e.what()));
   }
 
+  // ---- point-to-point (worker thread only; see "point-to-point matching") ----
+  Poll start_send(int dst, int64_t tag, const at::Tensor& buf) {
+    if (chans_.empty()) fail("ccl send: process group aborted");
+    auto r = std::make_shared<SendReq>();
+    r->hdr = {tag, int64_t(buf.nbytes())};
+    r->buf = buf;
+    chans_[dst].sends.push_back(r);
+    pump(dst);
+    return [r] {
+      if (r->finished && r->err) std::rethrow_exception(r->err);
+      return r->finished;
+    };
+  }
+
+  // Sends to `peer` one header or payload at a time, in issue order.
+  void pump_sends(Channel& ch, int peer) {
+    while (!ch.sends.empty()) {
+      SendReq& r = *ch.sends.front();
+      if (r.ev) {
+        if (!r.ev->test()) return;
+        r.ev.reset();
+      }
+      if (r.posted == 0 || (r.posted == 1 && r.hdr[1] > 0)) {
+        const bool header = r.posted == 0;
+        r.ev = std::make_unique<ccl::event>(
+            header ? ccl::send(r.hdr.data(), sizeof(r.hdr), ccl::datatype::uint8, peer, *comm_)
+                   : ccl::send(r.buf.data_ptr(), r.buf.nbytes(), ccl::datatype::uint8, peer, *comm_));
+        ++r.posted;
+      } else {
+        r.finished = true;
+        ch.sends.pop_front();
+      }
+    }
+  }
+
+  Poll start_recv(int src, int64_t tag, const at::Tensor& buf, std::function<void()> done) {
+    if (chans_.empty()) fail("ccl recv: process group aborted");
+    auto r = std::make_shared<RecvReq>(RecvReq{tag, buf, std::move(done)});
+    Channel& ch = chans_[src];
+    auto it = std::find_if(ch.stash.begin(), ch.stash.end(),
+                           [tag](const Stashed& m) { return m.tag == tag; });
+    if (it != ch.stash.end()) {
+      auto bytes = std::move(it->bytes);
+      ch.stash.erase(it);
+      complete(*r, src, tag, bytes);
+    } else {
+      ch.posted.push_back(r);
+      pump(src);
+    }
+    return [r] {
+      if (r->finished && r->err) std::rethrow_exception(r->err);
+      return r->finished;
+    };
+  }
+
+  static std::shared_ptr<RecvReq> take_posted(Channel& ch, int64_t tag) {
+    for (auto it = ch.posted.begin(); it != ch.posted.end(); ++it) {
+      if ((*it)->tag == tag) {
+        auto r = *it;
+        ch.posted.erase(it);
+        return r;
+      }
+    }
+    return nullptr;
+  }
+
+  // Finishes `r` with the message `data` (already in r.buf when they share storage).
+  static void complete(RecvReq& r, int peer, int64_t tag, const at::Tensor& data) {
+    try {
+      if (data.nbytes() != r.buf.nbytes())
+        fail("ccl recv: the message from rank " + std::to_string(peer) + " with tag " +
+             std::to_string(tag) + " has " + std::to_string(data.nbytes()) +
+             " bytes, the receive tensor " + std::to_string(r.buf.nbytes()));
+      if (data.nbytes() > 0 && data.data_ptr() != r.buf.data_ptr())
+        std::memcpy(r.buf.data_ptr(), data.data_ptr(), data.nbytes());
+      r.done();
+    } catch (...) {
+      r.err = std::current_exception();
+    }
+    r.finished = true;
+  }
+
+  // A payload from `peer` finished arriving in ch.body.
+  static void landed(Channel& ch, int peer) {
+    auto r = std::move(ch.body_for);
+    if (!r) r = take_posted(ch, ch.body_tag);  // posted while the payload arrived
+    if (r)
+      complete(*r, peer, ch.body_tag, ch.body);
+    else
+      ch.stash.push_back(Stashed{ch.body_tag, ch.body});
+    ch.body = at::Tensor();
+  }
+
+  // Moves the traffic with `peer` on as far as it goes without blocking.
+  void pump(int peer) {
+    Channel& ch = chans_[peer];
+    try {
+      pump_sends(ch, peer);
+    } catch (...) {  // a failed oneCCL send fails every send queued for this peer
+      auto err = std::current_exception();
+      for (auto& r : ch.sends) {
+        new std::shared_ptr<SendReq>(r);  // oneCCL may still use it: leaked, never freed
+        r->err = err;
+        r->finished = true;
+      }
+      ch.sends.clear();
+    }
+    try {
+      for (;;) {
+        if (ch.body_ev) {
+          if (!ch.body_ev->test()) return;
+          ch.body_ev.reset();
+          landed(ch, peer);
+        } else if (ch.hdr_ev) {
+          if (!ch.hdr_ev->test()) return;
+          ch.hdr_ev.reset();
+          const int64_t tag = ch.hdr[0], n = ch.hdr[1];
+          ch.body_tag = tag;
+          ch.body_for = take_posted(ch, tag);
+          const bool direct = ch.body_for && int64_t(ch.body_for->buf.nbytes()) == n;
+          ch.body = direct ? ch.body_for->buf : at::empty({n}, at::kByte);
+          if (n > 0)
+            ch.body_ev = std::make_unique<ccl::event>(
+                ccl::recv(ch.body.data_ptr(), n, ccl::datatype::uint8, peer, *comm_));
+          else
+            landed(ch, peer);
+        } else if (!ch.posted.empty()) {
+          ch.hdr_ev = std::make_unique<ccl::event>(
+              ccl::recv(ch.hdr.data(), sizeof(ch.hdr), ccl::datatype::uint8, peer, *comm_));
+        } else {
+          return;
+        }
+      }
+    } catch (...) {  // a failed oneCCL receive fails every recv waiting on this peer
+      auto err = std::current_exception();
+      (void)ch.hdr_ev.release();  // as above: leaked, oneCCL may still use them
+      (void)ch.body_ev.release();
+      new at::Tensor(std::move(ch.body));
+      if (ch.body_for) ch.posted.push_front(std::move(ch.body_for));
+      for (auto& r : ch.posted) {
+        r->err = err;
+        r->finished = true;
+      }
+      ch.posted.clear();
+    }
+  }
+
   // Tests the in-flight point-to-point ops (worker thread); `block` waits for
   // all of them (before a collective, which must not overtake them).
   void progress_p2p(bool block) {
     while (!inflight_.empty()) {
       bool any = false;
+      for (size_t p = 0; p < chans_.size(); ++p) pump(int(p));
       for (size_t i = 0; i < inflight_.size();) {
         auto& f = inflight_[i];
         std::exception_ptr err;
         bool fin = false;
         try {
-          fin = f.ev.test();
-          if (fin) f.task.done();
+          fin = f.poll();
         } catch (const std::exception& e) {
-          err = wrap(f.task.work->name(), e);
+          err = wrap(f.work->name(), e);
           fin = true;
         }
         if (fin) {
-          auto w = f.task.work;
+          auto w = f.work;
           {
             std::lock_guard<std::mutex> g(m_);
             inflight_.erase(inflight_.begin() + i);
@@ -804,6 +1025,8 @@ class ProcessGroupCCL : public c10d::Backend {
             std::lock_guard<std::mutex> g2(m_);
             new std::vector<InFlight>(std::move(inflight_));
             inflight_.clear();
+            new std::vector<Channel>(std::move(chans_));
+            chans_.clear();
           }
           continue;
         }
@@ -813,9 +1036,9 @@ class ProcessGroupCCL : public c10d::Backend {
       if (t.start) {  // point-to-point: start it and keep going
         std::exception_ptr err;
         try {
-          auto ev = t.start();
+          auto poll = t.start();
           std::lock_guard<std::mutex> g(m_);
-          inflight_.push_back(InFlight{t, std::move(ev), Clock::now()});
+          inflight_.push_back(InFlight{t.work, std::move(poll), Clock::now()});
         } catch (const std::exception& e) {
           err = wrap(t.work->name(), e);
         }
@@ -850,7 +1073,7 @@ class ProcessGroupCCL : public c10d::Backend {
       c10::intrusive_ptr<WorkCCL> late;
       if (current_ && Clock::now() - started_ > current_->timeout()) late = current_;
       for (auto& f : inflight_)
-        if (!late && Clock::now() - f.since > f.task.work->timeout()) late = f.task.work;
+        if (!late && Clock::now() - f.since > f.work->timeout()) late = f.work;
       if (late && !aborted_.load()) {
         auto name = late->name();
         auto tmo = late->timeout().count();
@@ -871,6 +1094,7 @@ class ProcessGroupCCL : public c10d::Backend {
   c10::intrusive_ptr<WorkCCL> current_;
   Clock::time_point started_;
   std::vector<InFlight> inflight_;  // point-to-point ops started, not finished
+  std::vector<Channel> chans_;      // receive side per peer rank (worker thread only)
   bool stop_ = false, watch_stop_ = false, worker_exited_ = false;
   std::atomic<bool> aborted_{false};
   std::string reason_;

@@ -3,6 +3,7 @@ timeout and a clean environment, and read the per-rank JSON results."""
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -36,10 +37,42 @@ def need_ccl():
         pytest.fail("pip mpich's mpiexec missing from the environment (make setup installs it)")
 
 
+def _descendants(pid):
+    """PIDs of every process below `pid` (from /proc), deepest last."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        pid = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == pid]
+        out += kids
+        todo += kids
+    return out
+
+
 def run(cmd, timeout, **env):
-    p = subprocess.run(cmd, cwd=ROOT, env=clean_env(**env), capture_output=True, text=True,
-                       timeout=timeout)
-    return p
+    """Runs cmd (a launcher) to completion; on timeout ends it and every
+    process it started (MPI ranks sit in process groups of their own, and a
+    rank stuck in oneCCL would otherwise spin on after the test), then raises."""
+    p = subprocess.Popen(cmd, cwd=ROOT, env=clean_env(**env), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for pid in [p.pid] + _descendants(p.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def results(out_dir, world):

@@ -120,6 +120,16 @@ def avg_of_sum(t, n):
     return (t.to(acc) / n).to(t.dtype)
 
 
+def all_reduce(x, op, g, n):
+    """all_reduce of a copy of x; gloo (g set) has no AVG: SUM / world there."""
+    t = x.clone()
+    if op == R.AVG and g is not None:
+        dist.all_reduce(t, op=R.SUM, group=g)
+        return avg_of_sum(t, n)
+    dist.all_reduce(t, op=op, group=g)
+    return t
+
+
 def ops_for(dtype):
     ops = [R.SUM, R.MIN, R.MAX, R.PRODUCT]
     return ops + [R.AVG] if dtype.is_floating_point else ops
@@ -134,14 +144,8 @@ def run_dtype(c, dt):
         for op in ops_for(dt):
             x = ins(f"ar{op}")
 
-            def ar(g, x=x, op=op):
-                t = x[me].clone()
-                if op == R.AVG and g is not None:  # gloo has no AVG: SUM / world
-                    dist.all_reduce(t, op=R.SUM, group=g)
-                    return avg_of_sum(t, n)
-                dist.all_reduce(t, op=op, group=g)
-                return t
-            c.both(f"all_reduce {op} {key}", ar, reduce_ref(x, op))
+            c.both(f"all_reduce {op} {key}", lambda g, x=x, op=op: all_reduce(x[me], op, g, n),
+                   reduce_ref(x, op))
 
         x = ins("arnc")  # non-contiguous: a transposed view updated in place
         def ar_nc(g, x=x):
@@ -303,6 +307,31 @@ def run_large(c):
     t = x.clone()
     dist.all_reduce(t)
     c.same("all_reduce 64MiB", t, want)
+    # Above 4 MiB (all_reduce) and 256 KiB (reduce, reduce_scatter) the MPI
+    # transport runs other oneCCL algorithms (see _env.py): every dtype and op
+    # there, odd-sized so the per-rank pieces differ in length.
+    for dt in DTYPES:
+        numel = (5 << 20) // torch.tensor([], dtype=dt).element_size() + 3
+        ins = [c.inp(("large", str(dt)), r, (numel,), dt) for r in range(n)]
+        for op in ops_for(dt):
+            c.both(f"all_reduce large {dt} {op}",
+                   lambda g, op=op: all_reduce(ins[me], op, g, n), reduce_ref(ins, op))
+        for op in set(ops_for(dt)) - {R.AVG}:
+            root = n - 1
+            def red(g, op=op):  # a ccl non-root keeps its input (gloo's is not checked)
+                t = ins[me].clone()
+                dist.reduce(t, root, op=op, group=g)
+                return t if g is None or me == root else ins[me]
+            c.both(f"reduce large {dt} {op}", red,
+                   reduce_ref(ins, op) if me == root else ins[me])
+        blocks = [t[:numel // n * n].view(n, -1) for t in ins]
+        for op in (R.SUM, R.MAX):
+            def rs(g, op=op):
+                out = torch.empty_like(blocks[me][0])
+                dist.reduce_scatter_tensor(out, blocks[me].reshape(-1), op=op, group=g)
+                return out
+            c.both(f"reduce_scatter_tensor large {dt} {op}", rs,
+                   reduce_ref([b[me] for b in blocks], op))
     rows = numel // n * n
     src = x[:rows]
     out = torch.empty_like(src)

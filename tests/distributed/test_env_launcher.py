@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ipex_train.distributed._env import discover
+from ipex_train.distributed._env import MPI_TRANSPORT_ALGORITHMS, discover, ensure_ccl_env
 from launchers._cores import UsageError, decode, plan_cores
 from _launch import BIN, ROOT, clean_env
 
@@ -39,6 +39,23 @@ def test_discover_errors():
         discover({"PMI_RANK": "0", "PMI_SIZE": "two", **ADDR})
     with pytest.raises(RuntimeError, match="MASTER_ADDR"):
         discover({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2"})
+
+
+@pytest.mark.parametrize("preset,want", [
+    ({"CCL_ATL_TRANSPORT": "mpi"}, MPI_TRANSPORT_ALGORITHMS),
+    ({"CCL_ATL_TRANSPORT": "mpi", "CCL_ALLREDUCE": "ring"},  # the user's choice stays
+     {**MPI_TRANSPORT_ALGORITHMS, "CCL_ALLREDUCE": "ring"}),
+    ({"CCL_ATL_TRANSPORT": "ofi"}, {}),  # "direct" means MPI_Iallreduce: MPI transport only
+])
+def test_ccl_env_algorithm_defaults(monkeypatch, preset, want):
+    for k in list(os.environ):
+        if k.startswith(("CCL_", "FI_")):
+            monkeypatch.delenv(k)
+    for k, v in preset.items():
+        monkeypatch.setenv(k, v)
+    ensure_ccl_env(discover(ADDR))
+    assert {k: os.environ[k] for k in MPI_TRANSPORT_ALGORITHMS if k in os.environ} == want
+    assert os.environ["CCL_WORKER_OFFLOAD"] == "0"
 
 
 def test_plan_cores():
