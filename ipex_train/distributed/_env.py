@@ -150,7 +150,9 @@ def ensure_ccl_env(info=None):
 # bandwidth of 16 MiB (measured: 55-60 ms vs gloo's ~60 ms). oneCCL's own
 # "nreduce" (each rank reduces 1/n of the buffer, then all-gathers it) works in
 # oneCCL's cached buffers: no page faults, 24-27 ms at 64 MiB and 6-8 ms at
-# 16 MiB here. Up to 4 MiB "direct" is as fast or faster, so it keeps that range.
+# 16 MiB here; from 4 MiB it is faster too (2.0-2.2 ms vs 3.0 ms for "direct";
+# a quiet-machine A/B with the threshold at 0.5, 2 and 4 MiB). At 1 MiB and
+# below both ran alike, so "direct" keeps up to 2 MiB.
 #
 # reduce and reduce_scatter: "direct" (MPI_Ireduce, MPI_Ireduce_scatter) has
 # the same per-call temporary: reduce took page faults from 1 MiB up (132 per
@@ -159,7 +161,7 @@ def ensure_ccl_env(info=None):
 # Up to 256 KiB all of them ran alike, so "direct" keeps that range.
 # Sizes are in bytes (oneCCL's CCL_<COLL>="algo:lo-hi;..." syntax).
 MPI_TRANSPORT_ALGORITHMS = {
-    "CCL_ALLREDUCE": "direct:0-4194304;nreduce:4194305-max",
+    "CCL_ALLREDUCE": "direct:0-2097152;nreduce:2097153-max",
     "CCL_REDUCE": "direct:0-262144;double_tree:262145-max",
     "CCL_REDUCE_SCATTER": "direct:0-262144;ring:262145-max",
 }

@@ -307,7 +307,7 @@ def run_large(c):
     t = x.clone()
     dist.all_reduce(t)
     c.same("all_reduce 64MiB", t, want)
-    # Above 4 MiB (all_reduce) and 256 KiB (reduce, reduce_scatter) the MPI
+    # Above 2 MiB (all_reduce) and 256 KiB (reduce, reduce_scatter) the MPI
     # transport runs other oneCCL algorithms (see _env.py): every dtype and op
     # there, odd-sized so the per-rank pieces differ in length.
     for dt in DTYPES:
