@@ -181,8 +181,8 @@ class FusedOptimizer(torch.optim.Optimizer):
                 try:
                     torch.ops.ipex_train.check_dense_params(ps, gs, ts)
                 except (ValueError, TypeError) as e:
-                    gi = next(i for i, g in enumerate(self.param_groups) if g is group)
-                    raise type(e)(f"{type(self).__name__}: param group {gi}: {e}") from None
+                    raise type(e)(f"{type(self).__name__}: param group "
+                                  f"{_group_index(self, group)}: {e}") from None
         for group, ps, gs, ts in calls:
             self._step_group(group, ps, gs, ts)
         for group, (_, _, _, singles) in zip(self.param_groups, plans):
@@ -213,11 +213,15 @@ _GRAD_DTYPES = (torch.float32, torch.bfloat16)
 _MAX_NNZ = 2 ** 31 - 1  # the row-update op counts entries in int32
 
 
+def _group_index(opt, group):
+    """Position of `group` in opt.param_groups, for error messages."""
+    return next(i for i, g in enumerate(opt.param_groups) if g is group)
+
+
 def _where(opt, group, p):
     """'param group G, param I (shape S)', for error messages."""
-    gi = next(i for i, g in enumerate(opt.param_groups) if g is group)
     pi = next(i for i, q in enumerate(group["params"]) if q is p)
-    return f"param group {gi}, param {pi} (shape {tuple(p.shape)})"
+    return f"param group {_group_index(opt, group)}, param {pi} (shape {tuple(p.shape)})"
 
 
 class _Checker:
