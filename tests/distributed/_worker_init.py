@@ -5,6 +5,7 @@ does): python _worker_init.py TCP_PORT FILE OUT_DIR"""
 import json
 import os
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -15,10 +16,13 @@ port, path, out_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 sums = {}
 for method in ("env://", f"tcp://127.0.0.1:{port}", f"file://{path}"):
+    # a short timeout: if one rank cannot rendezvous (its port taken), the
+    # others raise within a minute instead of waiting out torch's default
     if method == "env://":
-        dist.init_process_group("ccl")
+        dist.init_process_group("ccl", timeout=timedelta(seconds=60))
     else:
-        dist.init_process_group("ccl", init_method=method, rank=rank, world_size=world)
+        dist.init_process_group("ccl", init_method=method, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=60))
     assert dist.get_backend() == "ccl"
     t = torch.full((5,), float(rank + 1))
     dist.all_reduce(t)

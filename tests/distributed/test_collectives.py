@@ -53,14 +53,12 @@ def test_init_methods(tmp_path):
     processes (torchrun-style variables; torchrun itself would hand tcp:// its
     agent's store), each with a subgroup."""
     need_ccl()
-    import socket
     import subprocess
     from _launch import ROOT, clean_env
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from _ports import free_ports
+    port, tcp_port = free_ports(2)
     procs = [subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "_worker_init.py"), str(port + 1),
+        [sys.executable, os.path.join(HERE, "_worker_init.py"), str(tcp_port),
          str(tmp_path / "rdzv"), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
         env=clean_env(RANK=str(r), WORLD_SIZE="3", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="3",

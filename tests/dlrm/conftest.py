@@ -1,12 +1,12 @@
 """Helpers for the DLRM example's tests: import path, tiny configs, launching ranks."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
+from _ports import free_port  # tests/_ports.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -46,17 +46,11 @@ def run_inprocess(**overrides):
         torch.set_flush_denormal(False)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_ranks(world_size, tmp_path, timeout=240, **overrides):
     """Starts `world_size` real processes of train.py on 127.0.0.1 (torchrun's
     variables), waits with a timeout, returns rank 0's metrics."""
     out = tmp_path / f"metrics_w{world_size}.json"
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world_size):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank),

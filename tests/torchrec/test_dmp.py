@@ -4,23 +4,17 @@ Each rank is a real process running dmp_worker.py, which checks its shards and
 dense weights against an unsharded single-process reference after every step.
 """
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from _ports import free_port  # tests/_ports.py
 
 pytest.importorskip("torchrec")
 
 WORKER = Path(__file__).with_name("dmp_worker.py")
 TIMEOUT_S = 150
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_ranks(backend, world=2):

@@ -1,0 +1,44 @@
+"""Free TCP ports on 127.0.0.1 for the multi-process tests.
+
+The kernel's bind-to-0 picks from the ephemeral range, the same range every
+outgoing connection (oneCCL's OFI/tcp endpoints, TCPStore clients of other
+tests) draws from, so a port found free there can be taken before the rank
+that needs it binds. These come from below that range and are all held open
+together while chosen, so the n ports are distinct and only another listener
+could race us for them.
+"""
+import random
+import socket
+
+
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n=1):
+    """n distinct ports that were bindable on 127.0.0.1 a moment ago."""
+    low = min(_ephemeral_low(), 32768)
+    held = []
+    try:
+        for port in random.Random().sample(range(max(1024, low - 12000), low), 400):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+            if len(held) == n:
+                return [h.getsockname()[1] for h in held]
+    finally:
+        for s in held:
+            s.close()
+    raise RuntimeError(f"no {n} free ports found below {low} on 127.0.0.1")
+
+
+def free_port():
+    return free_ports(1)[0]
