@@ -17,17 +17,11 @@ import argparse
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 
 from ._cores import UsageError, plan_cores
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ._ports import free_port
 
 
 def parse_args(argv):
@@ -113,7 +107,7 @@ def build(a, exe, flavour, cores):
     if transport == "ofi":
         env["FI_PROVIDER"] = os.environ.get("FI_PROVIDER", "tcp")
     if a.nnodes == 1:
-        env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+        env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
                     "FI_TCP_IFACE": "lo", "CCL_KVS_IFACE": "lo"})
     cmd = [exe]
     if flavour == "hydra":

@@ -4,6 +4,8 @@ import os
 import socket
 import sys
 
+from launchers._ports import free_port
+
 # (rank, size, local rank, local size) variables, in the order we trust them.
 _LAUNCHERS = [
     ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
@@ -41,12 +43,6 @@ def _int(name, default=None, env=None):
         raise ValueError(f"environment variable {name}={v!r} is not an integer") from None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _mpi_agree(single_node):
     """Rank 0's (address, port), broadcast to every rank through mpi4py."""
     try:
@@ -60,7 +56,7 @@ def _mpi_agree(single_node):
     if comm.Get_rank() == 0:
         addr = os.environ.get("MASTER_ADDR") or (
             "127.0.0.1" if single_node else socket.gethostbyname(socket.gethostname()))
-        port = _int("MASTER_PORT") or _free_port()
+        port = _int("MASTER_PORT") or free_port("127.0.0.1" if single_node else "0.0.0.0")
         mine = (addr, port)
     return comm.bcast(mine, root=0)
 
@@ -87,7 +83,7 @@ def discover(env=None):
     single = lsize == size
     addr, port = env.get("MASTER_ADDR"), _int("MASTER_PORT", env=env)
     if size == 1 and not addr:
-        addr, port = "127.0.0.1", port or _free_port()
+        addr, port = "127.0.0.1", port or free_port()
     elif not addr or not port:
         if name in _MPI_LAUNCHERS:
             addr, port = _mpi_agree(single)

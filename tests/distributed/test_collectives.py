@@ -55,7 +55,7 @@ def test_init_methods(tmp_path):
     need_ccl()
     import subprocess
     from _launch import ROOT, clean_env
-    from _ports import free_ports
+    from launchers._ports import free_ports
     port, tcp_port = free_ports(2)
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(HERE, "_worker_init.py"), str(tcp_port),

@@ -8,6 +8,7 @@ import pytest
 
 from ipex_train.distributed._env import MPI_TRANSPORT_ALGORITHMS, discover, ensure_ccl_env
 from launchers._cores import UsageError, decode, plan_cores
+from launchers._ports import free_ports
 from _launch import BIN, ROOT, clean_env
 
 ADDR = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
@@ -97,3 +98,13 @@ def test_bad_arguments(tmp_path, args, needle):
     script.write_text("")
     p = _run(*args, "--dry-run", str(script))
     assert p.returncode == 2 and needle in p.stderr, p.stderr
+
+
+def test_free_ports_distinct_bindable_and_outside_ephemeral_range():
+    import socket
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = free_ports(8)
+    assert len(set(ports)) == 8 and all(1024 <= p < low for p in ports), (ports, low)
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from _ports import free_port  # tests/_ports.py
+from launchers._ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")

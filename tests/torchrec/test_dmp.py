@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _ports import free_port  # tests/_ports.py
+from launchers._ports import free_port
 
 pytest.importorskip("torchrec")
 

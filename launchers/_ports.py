@@ -1,9 +1,9 @@
-"""Free TCP ports on 127.0.0.1 for the multi-process tests.
+"""Free TCP ports for a rendezvous that another process binds later.
 
 The kernel's bind-to-0 picks from the ephemeral range, the same range every
-outgoing connection (oneCCL's OFI/tcp endpoints, TCPStore clients of other
-tests) draws from, so a port found free there can be taken before the rank
-that needs it binds. These come from below that range and are all held open
+outgoing connection (oneCCL's OFI/tcp endpoints, other jobs' TCPStore clients)
+draws from, so a port found free there can be taken before the rank that needs
+it binds (CI lost a test to exactly that). These come from below that range and are all held open
 together while chosen, so the n ports are distinct and only another listener
 could race us for them.
 """
@@ -19,15 +19,15 @@ def _ephemeral_low():
         return 32768
 
 
-def free_ports(n=1):
-    """n distinct ports that were bindable on 127.0.0.1 a moment ago."""
+def free_ports(n=1, host="127.0.0.1"):
+    """n distinct ports that were bindable on `host` a moment ago."""
     low = min(_ephemeral_low(), 32768)
     held = []
     try:
         for port in random.Random().sample(range(max(1024, low - 12000), low), 400):
             s = socket.socket()
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
                 s.close()
                 continue
@@ -37,8 +37,8 @@ def free_ports(n=1):
     finally:
         for s in held:
             s.close()
-    raise RuntimeError(f"no {n} free ports found below {low} on 127.0.0.1")
+    raise RuntimeError(f"no {n} free TCP ports found below {low} on {host}")
 
 
-def free_port():
-    return free_ports(1)[0]
+def free_port(host="127.0.0.1"):
+    return free_ports(1, host)[0]
