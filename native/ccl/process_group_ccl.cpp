@@ -29,10 +29,13 @@
 
 #include <oneapi/ccl.hpp>
 
+#include "local_exchange.h"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -290,6 +293,19 @@ class ProcessGroupCCL : public c10d::Backend {
       kvs_ = ccl::create_kvs(addr);
     }
     comm_ = std::make_unique<ccl::communicator>(ccl::create_communicator(size, rank, kvs_));
+    // All-to-all on one host by direct reads of the peers' buffers (see
+    // local_exchange.h); IPEX_TRAIN_CCL_LOCAL=0 keeps everything on oneCCL.
+    const char* env = std::getenv("IPEX_TRAIN_CCL_LOCAL");
+    const bool want = !(env && std::string(env) == "0");
+    ccl_local::KeyValue kv{
+        [store](const std::string& k, const std::string& v) {
+          store->set(k, std::vector<uint8_t>(v.begin(), v.end()));
+        },
+        [store](const std::string& k) {
+          auto v = store->get(k);
+          return std::string(v.begin(), v.end());
+        }};
+    local_ = std::make_unique<ccl_local::LocalExchange>(rank, size, kv, want);
     chans_.resize(size);
     worker_ = std::thread([this] { work_loop(); });
     watchdog_ = std::thread([this] { watch_loop(); });
@@ -314,6 +330,7 @@ class ProcessGroupCCL : public c10d::Backend {
       // communicator rather than hang or free memory it still uses.
       worker_.detach();
       (void)comm_.release();
+      (void)local_.release();
       new std::shared_ptr<ccl::kvs>(std::move(kvs_));
     }
   }
@@ -323,6 +340,11 @@ class ProcessGroupCCL : public c10d::Backend {
   void setSequenceNumberForGroup() override {}
   uint64_t getSequenceNumberForGroup() override { return seq_.load(); }
   bool aborted() const { return aborted_.load(); }
+  // "local" when all-to-all moves bytes by direct reads between the ranks of
+  // this host, else "oneccl (why)".
+  std::string alltoall_path() const {
+    return local_->enabled() ? "local" : "oneccl (" + local_->reason() + ")";
+  }
 
   // Fails the running and all queued works with `why`; later calls fail fast.
   void abort_with(const std::string& why) {
@@ -542,18 +564,19 @@ class ProcessGroupCCL : public c10d::Backend {
     check_same(out, in, op, "the output");
     auto send = split_bytes(in, in_splits, "input");
     auto recv = split_bytes(out, out_splits, "output");
-    // No split sizes: even blocks on every rank (torch's contract), so every
-    // rank takes this branch alike, and oneCCL's alltoall (MPI_Ialltoall over
-    // the MPI transport, tuned in ipex_train/distributed/_env.py) replaces
-    // alltoallv: 1 MiB took 0.52 ms instead of 0.77 here.
+    // Ranks on one host: direct reads (alltoallv_bytes). Otherwise, with no
+    // split sizes (even blocks on every rank: torch's contract, so every rank
+    // takes this branch alike), oneCCL's alltoall (MPI_Ialltoall over the MPI
+    // transport, tuned in ipex_train/distributed/_env.py) replaces alltoallv:
+    // 1 MiB took 0.52 ms instead of 0.77 here.
     const bool even = in_splits.empty() && out_splits.empty();
     return enqueue(OpType::ALLTOALL_BASE, op, {out}, o.timeout, [this, out, in, send, recv, even] {
       auto buf = dense(out);
-      if (even && buf.nbytes() > 0) {
+      if (even && buf.nbytes() > 0 && !local_->enabled()) {
         auto src = dense(in);
         ccl::alltoall(src.data_ptr(), buf.data_ptr(), send[0], ccl::datatype::uint8, *comm_).wait();
       } else {
-        alltoallv_bytes(dense(in), send, buf, recv);
+        alltoallv_bytes("all_to_all_single", dense(in), send, buf, recv);
       }
       write_back(out, buf);
     });
@@ -579,7 +602,7 @@ class ProcessGroupCCL : public c10d::Backend {
       int64_t total = 0;
       for (auto& t : outs) total += t.numel();
       auto rbuf = at::empty({total}, sbuf.options());
-      alltoallv_bytes(sbuf, send, rbuf, recv);
+      alltoallv_bytes("all_to_all", sbuf, send, rbuf, recv);
       int64_t off = 0;
       for (auto& t : outs) {
         t.copy_(rbuf.narrow(0, off, t.numel()).view(t.sizes()));
@@ -618,7 +641,7 @@ class ProcessGroupCCL : public c10d::Backend {
         for (auto& c : recv) c = src.nbytes();
         buf = at::empty({int64_t(size_) * src.numel()}, src.options());
       }
-      alltoallv_bytes(src, send, buf, recv);
+      alltoallv_bytes("gather", src, send, buf, recv);
       for (int r = 0; r < int(list.size()); ++r)
         list[r].copy_(buf.narrow(0, r * src.numel(), src.numel()).view(list[r].sizes()));
     });
@@ -654,7 +677,7 @@ class ProcessGroupCCL : public c10d::Backend {
         for (auto& c : send) c = out.nbytes();
       }
       auto buf = dense(out);
-      alltoallv_bytes(sbuf, send, buf, recv);
+      alltoallv_bytes("scatter", sbuf, send, buf, recv);
       write_back(out, buf);
     });
   }
@@ -741,17 +764,24 @@ class ProcessGroupCCL : public c10d::Backend {
         .wait();
   }
 
-  void alltoallv_bytes(const at::Tensor& src, const std::vector<size_t>& send, const at::Tensor& dst,
-                       const std::vector<size_t>& recv) {
-    size_t total = 0;
-    for (int r = 0; r < size_; ++r) total += send[r] + recv[r];
-    // Skip only when no rank moves data: every rank computes the same verdict
-    // only if all counts are zero everywhere, which we cannot know locally, so
-    // always call oneCCL (it handles zero counts) unless the world is trivial.
-    (void)total;
+  void alltoallv_bytes(const char* op, const at::Tensor& src, const std::vector<size_t>& send,
+                       const at::Tensor& dst, const std::vector<size_t>& recv) {
     static char dummy[1];
     void* s = src.nbytes() ? src.data_ptr() : dummy;
     void* d = dst.nbytes() ? dst.data_ptr() : dummy;
+    if (local_->enabled()) {
+      try {
+        local_->alltoallv(op, s, send.data(), d, recv.data(), [this] {
+          if (aborted_.load()) throw std::runtime_error("the process group was aborted meanwhile");
+        });
+      } catch (const ccl_local::PeerLost& e) {
+        abort_with(e.what());  // the group cannot go on without that rank
+        throw;
+      }
+      return;
+    }
+    // oneCCL handles zero counts; every rank calls it (whether all counts are
+    // zero everywhere is not known locally).
     ccl::alltoallv(s, send, d, recv, ccl::datatype::uint8, *comm_).wait();
   }
 
@@ -1098,6 +1128,7 @@ class ProcessGroupCCL : public c10d::Backend {
   ms timeout_;
   std::shared_ptr<ccl::kvs> kvs_;
   std::unique_ptr<ccl::communicator> comm_;
+  std::unique_ptr<ccl_local::LocalExchange> local_;
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<Task> queue_;
@@ -1174,7 +1205,10 @@ PYBIND11_MODULE(_ccl, m) {
              return ipex_train::NoGilPtr<ProcessGroupCCL>(std::move(pg));
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_s"))
-      .def_property_readonly("aborted", &ProcessGroupCCL::aborted);
+      .def_property_readonly("aborted", &ProcessGroupCCL::aborted)
+      .def_property_readonly("alltoall_path", &ProcessGroupCCL::alltoall_path,
+                             "\"local\" (direct reads between this host's ranks) or "
+                             "\"oneccl (why not local)\"");
   m.def("any_aborted", [] { return ipex_train::g_any_aborted.load(); },
         "True once a ccl group of this process aborted (its worker may be stuck in oneCCL)");
   m.def("library_version", [] {

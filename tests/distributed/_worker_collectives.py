@@ -33,6 +33,7 @@ class Checker:
     def __init__(self, rank, world, gloo):
         self.rank, self.world, self.gloo = rank, world, gloo
         self.checks, self.failures, self.gloo_skips = 0, [], []
+        self.path = ""  # the ccl group's alltoall_path
 
     def inp(self, case, rank, shape, dtype, exact=True):
         g = torch.Generator().manual_seed(zlib.crc32(repr((case, rank)).encode()))
@@ -292,6 +293,15 @@ def run_errors(c):
              "split sizes")
     c.raises("sparse", lambda: dist.all_reduce(torch.ones(2).to_sparse()), "dense")
     c.raises("send to self", lambda: dist.send(torch.ones(2), c.rank), "")
+    if c.path == "local":
+        # sizes that disagree between ranks (each sends 1 element to every rank
+        # but expects 2 from each): the direct-read path sees it on every rank;
+        # oneCCL's alltoallv cannot (it would move wrong bytes or hang)
+        c.raises("all_to_all_single splits disagree across ranks",
+                 lambda: dist.all_to_all_single(torch.zeros(2 * c.world), torch.zeros(c.world),
+                                                output_split_sizes=[2] * c.world,
+                                                input_split_sizes=[1] * c.world),
+                 "split sizes differ between the ranks")
     # the group still works after those errors
     t = torch.ones(3)
     dist.all_reduce(t)
@@ -363,6 +373,7 @@ def main():
     assert dist.get_backend() == "ccl"
     gloo = dist.new_group(backend="gloo")
     c = Checker(rank, world, gloo)
+    c.path = dist.group.WORLD._get_backend(torch.device("cpu")).alltoall_path
     dtypes = DTYPES
     if os.environ.get("IPT_TEST_DTYPES"):
         dtypes = [getattr(torch, d) for d in os.environ["IPT_TEST_DTYPES"].split(",")]
@@ -374,7 +385,7 @@ def main():
     dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world": world, "checks": c.checks, "failures": c.failures,
-                   "gloo_skips": c.gloo_skips}, f, indent=1)
+                   "gloo_skips": c.gloo_skips, "alltoall_path": c.path}, f, indent=1)
     dist.destroy_process_group()
 
 

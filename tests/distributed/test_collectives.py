@@ -13,11 +13,12 @@ from _launch import BIN, HERE, need_ccl, results, run
 WORKER = os.path.join(HERE, "_worker_collectives.py")
 
 
-def _check(p, out_dir, world):
+def _check(p, out_dir, world, path="local", min_checks=1000):
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     for r in results(out_dir, world):
         assert r["world"] == world
-        assert r["checks"] > 1000, r["checks"]
+        assert r["alltoall_path"].startswith(path), r["alltoall_path"]
+        assert r["checks"] > min_checks, r["checks"]
         assert not r["failures"], "\n".join(r["failures"][:20])
 
 
@@ -33,6 +34,15 @@ def test_collectives_ipex_train_run_3_ranks(tmp_path):
     p = run([os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "3", "--oversubscribe",
              "--transport", "ofi", WORKER, str(tmp_path), "--large"], timeout=500)
     _check(p, tmp_path, 3)
+
+
+def test_collectives_oneccl_alltoall_path(tmp_path):
+    """All-to-all, gather and scatter through oneCCL's alltoallv, as where the
+    ranks cannot read each other's memory (IPEX_TRAIN_CCL_LOCAL=0 forces it)."""
+    need_ccl()
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, WORKER, str(tmp_path)],
+            timeout=300, IPEX_TRAIN_CCL_LOCAL="0", IPT_TEST_DTYPES="float32,bfloat16,int64,bool")
+    _check(p, tmp_path, 2, path="oneccl (turned off", min_checks=200)
 
 
 def test_ddp_matches_gloo(tmp_path):

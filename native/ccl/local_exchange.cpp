@@ -1,0 +1,255 @@
+// See local_exchange.h for the protocol.
+#include "local_exchange.h"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace ipex_train {
+namespace ccl_local {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+constexpr size_t kFlagStride = 128;  // posted and done on cache lines of their own
+enum { kPosted = 0, kDone = 1 };
+
+std::string host_id() {
+  char host[256] = {0};
+  gethostname(host, sizeof(host) - 1);
+  std::string boot;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::getline(f, boot);
+  return std::string(host) + "/" + boot;
+}
+
+// Reads n bytes at `addr` in process `pid` into `dst`; false if it cannot.
+bool read_remote(int pid, uint64_t addr, void* dst, size_t n) {
+  char* d = static_cast<char*>(dst);
+  while (n) {
+    iovec l{d, n}, r{reinterpret_cast<void*>(addr), n};
+    ssize_t got = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return false;
+    d += got;
+    addr += uint64_t(got);
+    n -= size_t(got);
+  }
+  return true;
+}
+
+std::string key(const char* what, int r = -1) {
+  std::string k = std::string("ipex_train/local_exchange/") + what;
+  return r < 0 ? k : k + "/" + std::to_string(r);
+}
+
+uint64_t load_acquire(const void* p) {
+  return __atomic_load_n(static_cast<const uint64_t*>(p), __ATOMIC_ACQUIRE);
+}
+void store_release(void* p, uint64_t v) { __atomic_store_n(static_cast<uint64_t*>(p), v, __ATOMIC_RELEASE); }
+
+}  // namespace
+
+LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
+    : rank_(rank), size_(size), nonce_(new uint64_t(std::random_device{}() * 0x9E3779B97F4A7C15ull ^
+                                                     uint64_t(getpid()) << 20 ^ std::random_device{}())),
+      peers_(size) {
+  // Round 1: who is where. Every rank publishes its host, pid and the address
+  // of a random nonce, then probes every peer by reading that nonce through
+  // process_vm_readv (which fails across hosts, pid namespaces, users, or under
+  // a ptrace restriction such as Yama scope 2 or a seccomp filter).
+  std::ostringstream me;
+  me << (want ? 1 : 0) << ' ' << getpid() << ' ' << reinterpret_cast<uint64_t>(nonce_.get()) << ' '
+     << *nonce_ << ' ' << host_id();
+  kv.set(key("info", rank), me.str());
+  std::string verdict = "1";
+  const std::string host = host_id();
+  for (int r = 0; r < size; ++r) {
+    std::istringstream in(kv.get(key("info", r)));
+    int wants = 0;
+    std::string their_host;
+    in >> wants >> peers_[r].pid >> peers_[r].probe_addr >> peers_[r].nonce;
+    std::getline(in >> std::ws, their_host);
+    if (verdict != "1" || r == rank) continue;
+    if (!wants) {
+      verdict = "turned off on rank " + std::to_string(r) + " (IPEX_TRAIN_CCL_LOCAL=0)";
+    } else if (their_host != host) {
+      verdict = "rank " + std::to_string(r) + " runs on another host";
+    } else if (errno = 0, !alive(r)) {
+      verdict = "rank " + std::to_string(rank) + " cannot read rank " + std::to_string(r) +
+                "'s memory (process_vm_readv: " +
+                (errno ? std::strerror(errno) : "found another process; a pid namespace?") + ")";
+    }
+  }
+  if (!want) verdict = "turned off (IPEX_TRAIN_CCL_LOCAL=0)";
+  // Round 2: every rank's verdict; all of them see the same set, so all agree.
+  kv.set(key("probe", rank), verdict);
+  for (int r = 0; r < size; ++r) {
+    auto v = kv.get(key("probe", r));
+    if (v != "1" && reason_.empty()) reason_ = v;
+  }
+  if (!reason_.empty()) return;
+
+  // Round 3: rank 0 creates the control segment, everyone maps it, rank 0
+  // unlinks the name once all have (no file is left behind, whatever happens
+  // later) and publishes the outcome.
+  const size_t stride = ((1 + 2 * size_t(size)) * 8 + 63) / 64 * 64;
+  shm_bytes_ = size_t(size) * (kFlagStride + stride);
+  std::string name, mapped = "1";
+  if (rank == 0) {
+    std::ostringstream n;
+    n << "/ipex_train_ccl_" << getpid() << '_' << std::hex << *nonce_;
+    name = n.str();
+    int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 || ftruncate(fd, off_t(shm_bytes_)) != 0) {
+      mapped = std::string("shm_open/ftruncate failed: ") + std::strerror(errno);
+      if (fd >= 0) close(fd);
+      shm_unlink(name.c_str());
+      name.clear();
+    } else {
+      shm_ = mmap(nullptr, shm_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      close(fd);
+    }
+    kv.set(key("segment"), name);
+  } else {
+    name = kv.get(key("segment"));
+    if (name.empty()) {
+      mapped = "rank 0 could not create the shared-memory segment";
+    } else {
+      int fd = shm_open(name.c_str(), O_RDWR, 0600);
+      if (fd >= 0) {
+        shm_ = mmap(nullptr, shm_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        close(fd);
+      }
+    }
+  }
+  if (shm_ == MAP_FAILED) shm_ = nullptr;
+  if (!shm_ && mapped == "1")
+    mapped = "rank " + std::to_string(rank) + " could not map the segment: " + std::strerror(errno);
+  kv.set(key("mapped", rank), mapped);
+  if (rank == 0) {
+    std::string outcome = "1";
+    for (int r = 0; r < size; ++r) {
+      auto v = kv.get(key("mapped", r));
+      if (v != "1" && outcome == "1") outcome = v;
+    }
+    if (!name.empty()) shm_unlink(name.c_str());
+    kv.set(key("ready"), outcome);
+  }
+  auto outcome = kv.get(key("ready"));
+  if (outcome != "1") {
+    reason_ = outcome;
+    if (shm_) munmap(shm_, shm_bytes_);
+    shm_ = nullptr;
+    return;
+  }
+  enabled_ = true;
+}
+
+LocalExchange::~LocalExchange() {
+  if (shm_) munmap(shm_, shm_bytes_);
+}
+
+bool LocalExchange::alive(int peer) const {
+  uint64_t v = 0;
+  return read_remote(peers_[peer].pid, peers_[peer].probe_addr, &v, 8) && v == peers_[peer].nonce;
+}
+
+void LocalExchange::wait_for(int peer, int which, uint64_t seq, const char* op,
+                             const std::function<void()>& check) const {
+  const char* flag = static_cast<const char*>(shm_) + size_t(peer) * kFlagStride + which * 64;
+  if (load_acquire(flag) >= seq) return;
+  const auto start = Clock::now();
+  auto next_check = start;
+  for (uint64_t i = 1;; ++i) {
+    if (load_acquire(flag) >= seq) return;
+    if (i < 2048) {
+      __builtin_ia32_pause();
+      continue;
+    }
+    const auto now = Clock::now();
+    if (now >= next_check) {
+      check();
+      if (!alive(peer))
+        throw PeerLost(std::string("ccl ") + op + ": rank " + std::to_string(peer) +
+                                 " (pid " + std::to_string(peers_[peer].pid) +
+                                 ") exited before the operation finished");
+      next_check = now + std::chrono::milliseconds(5);
+    }
+    if (now - start < std::chrono::milliseconds(2))
+      sched_yield();  // a peer sharing this core gets it
+    else
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+  }
+}
+
+void LocalExchange::alltoallv(const char* op, const void* src, const size_t* send, void* dst,
+                              const size_t* recv, const std::function<void()>& check) {
+  if (!enabled_) throw std::logic_error("LocalExchange::alltoallv on a disabled exchange");
+  const uint64_t seq = ++seq_;
+  char* base = static_cast<char*>(shm_);
+  const size_t stride = ((1 + 2 * size_t(size_)) * 8 + 63) / 64 * 64;
+  auto slot = [&](int r) { return reinterpret_cast<uint64_t*>(base + size_ * kFlagStride + r * stride); };
+  auto flag = [&](int r, int which) { return base + size_t(r) * kFlagStride + which * 64; };
+
+  uint64_t* mine = slot(rank_);
+  mine[0] = reinterpret_cast<uint64_t>(src);
+  for (int j = 0; j < size_; ++j) {
+    mine[1 + j] = send[j];
+    mine[1 + size_ + j] = recv[j];
+  }
+  store_release(flag(rank_, kPosted), seq);
+
+  std::vector<size_t> rdispl(size_ + 1, 0);
+  for (int j = 0; j < size_; ++j) rdispl[j + 1] = rdispl[j] + recv[j];
+  std::string mismatch;
+  auto disagree = [&](int from, int to, uint64_t sends, uint64_t expects) {
+    if (mismatch.empty())
+      mismatch = std::string("ccl ") + op + ": rank " + std::to_string(from) + " sends " +
+                 std::to_string(sends) + " bytes to rank " + std::to_string(to) + ", which expects " +
+                 std::to_string(expects) + " (split sizes differ between the ranks)";
+  };
+  size_t self_off = 0;
+  for (int j = 0; j < rank_; ++j) self_off += send[j];
+  if (send[rank_] != recv[rank_])
+    disagree(rank_, rank_, send[rank_], recv[rank_]);
+  else if (recv[rank_])
+    std::memcpy(static_cast<char*>(dst) + rdispl[rank_], static_cast<const char*>(src) + self_off,
+                recv[rank_]);
+
+  std::string lost;
+  for (int k = 1; k < size_; ++k) {  // start at the next rank: peers spread their reads
+    const int j = (rank_ + k) % size_;
+    wait_for(j, kPosted, seq, op, check);
+    const uint64_t* theirs = slot(j);
+    const uint64_t to_me = theirs[1 + rank_], from_me = theirs[1 + size_ + rank_];
+    if (to_me != recv[j]) disagree(j, rank_, to_me, recv[j]);
+    if (from_me != send[j]) disagree(rank_, j, send[j], from_me);
+    if (!mismatch.empty() || !to_me) continue;
+    uint64_t off = 0;
+    for (int i = 0; i < rank_; ++i) off += theirs[1 + i];
+    if (!read_remote(peers_[j].pid, theirs[0] + off, static_cast<char*>(dst) + rdispl[j], to_me)) {
+      lost = std::string("ccl ") + op + ": reading rank " + std::to_string(j) + "'s block failed (" +
+             std::strerror(errno) + "); the rank may have exited";
+      break;
+    }
+  }
+  store_release(flag(rank_, kDone), seq);  // on failure too: live peers must not wait for us
+  if (!lost.empty()) throw PeerLost(lost);
+  for (int k = 1; k < size_; ++k) wait_for((rank_ + k) % size_, kDone, seq, op, check);
+  if (!mismatch.empty()) throw std::runtime_error(mismatch);
+}
+
+}  // namespace ccl_local
+}  // namespace ipex_train

@@ -1,0 +1,98 @@
+// Single-node all-to-all-v for the "ccl" process group, without oneCCL.
+//
+// When every rank of a group runs on this host and may read the others'
+// memory (Linux cross-memory attach, process_vm_readv: same user, no ptrace
+// restriction), an all-to-all needs no message passing at all: each rank
+// publishes where its send buffer is and pulls its blocks straight out of the
+// peers' buffers, one copy per byte. MPICH does the same underneath oneCCL's
+// MPI transport, but behind handshakes and schedules that cost 1.4-1.9x more
+// time here at 1-16 MiB (see benchmarks/collectives.py).
+//
+// A small POSIX shared-memory segment holds, per rank, two sequence counters
+// (posted: its buffer address and block sizes for operation s are readable;
+// done: it has finished reading everyone's blocks of operation s) and that
+// address and those sizes. An operation:
+//
+//   1. write my send address and all send/recv sizes, then posted = s
+//   2. copy my own block; for each peer: wait posted >= s, check its sizes
+//      against mine, pull my block from its buffer (process_vm_readv)
+//   3. done = s, then wait until every peer's done >= s (they may still be
+//      reading my send buffer; the caller may reuse it once we return)
+//
+// Waiting spins briefly, then yields, then sleeps, so oversubscribed ranks
+// make progress; every few milliseconds it calls the caller's check (which
+// throws once the group aborted, e.g. on timeout) and probes the peer it waits
+// for, so a dead peer is reported at once instead of at the timeout.
+//
+// Torch-free on purpose: it compiles in seconds, apart from the backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace ipex_train {
+namespace ccl_local {
+
+// The group's key-value store (keys are private to the group).
+struct KeyValue {
+  std::function<void(const std::string&, const std::string&)> set;
+  std::function<std::string(const std::string&)> get;  // blocks until the key exists
+};
+
+// A peer exited (or its memory became unreadable) during an operation: the
+// group cannot go on. Other failures (sizes that disagree) leave it usable.
+struct PeerLost : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class LocalExchange {
+ public:
+  // Collective: every rank of the group constructs it, at the same point.
+  // `want` false (the user turned it off) makes it disabled everywhere.
+  // Never throws for an unusable host: enabled() is then false on all ranks
+  // and reason() says why.
+  LocalExchange(int rank, int size, const KeyValue& kv, bool want);
+  ~LocalExchange();
+  LocalExchange(const LocalExchange&) = delete;
+  LocalExchange& operator=(const LocalExchange&) = delete;
+
+  bool enabled() const { return enabled_; }
+  const std::string& reason() const { return reason_; }
+
+  // All-to-all of bytes: `send[j]` bytes for rank j lie packed in rank order
+  // at `src`; `recv[j]` bytes from rank j are written packed in rank order at
+  // `dst`. Every rank must call it, in the same order as its other operations
+  // of this group. Throws std::runtime_error naming `op` when the sizes of two
+  // ranks disagree (after the others finished, so no rank is left waiting),
+  // when a peer exits, or when `check` throws (it is called every few ms while
+  // waiting).
+  void alltoallv(const char* op, const void* src, const size_t* send, void* dst,
+                 const size_t* recv, const std::function<void()>& check);
+
+ private:
+  struct Peer {
+    int pid = 0;
+    uint64_t probe_addr = 0;  // address of the peer's nonce, for liveness probes
+    uint64_t nonce = 0;
+  };
+  bool alive(int peer) const;
+  void wait_for(int peer, int which, uint64_t seq, const char* op,
+                const std::function<void()>& check) const;
+
+  int rank_, size_;
+  bool enabled_ = false;
+  std::string reason_;
+  std::unique_ptr<uint64_t> nonce_;  // read by the peers' probes
+  std::vector<Peer> peers_;
+  void* shm_ = nullptr;
+  size_t shm_bytes_ = 0;
+  uint64_t seq_ = 0;
+};
+
+}  // namespace ccl_local
+}  // namespace ipex_train
