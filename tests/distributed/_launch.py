@@ -15,7 +15,7 @@ BIN = os.path.dirname(sys.executable)
 # launcher / rendezvous variables a developer's shell might carry
 _STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
           "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID",
-          "SLURM_NTASKS")
+          "SLURM_NTASKS", "THP_MEM_ALLOC_ENABLE")
 
 
 def clean_env(**extra):

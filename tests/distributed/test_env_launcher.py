@@ -82,6 +82,7 @@ def test_dry_run_prints_command_and_env(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "export CCL_ATL_TRANSPORT=mpi" in p.stdout
     assert "export FI_TCP_IFACE=lo" in p.stdout and "export OMP_NUM_THREADS=" in p.stdout
+    assert "export THP_MEM_ALLOC_ENABLE=1" in p.stdout
     last = p.stdout.strip().splitlines()[-1]
     assert "mpiexec -n 2 -ppn 2" in last and last.endswith(f"{script} --lr 1")
 
