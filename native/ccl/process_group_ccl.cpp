@@ -24,6 +24,7 @@
 #include <torch/csrc/distributed/c10d/Work.hpp>
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -572,11 +573,15 @@ class ProcessGroupCCL : public c10d::Backend {
     const bool even = in_splits.empty() && out_splits.empty();
     return enqueue(OpType::ALLTOALL_BASE, op, {out}, o.timeout, [this, out, in, send, recv, even] {
       auto buf = dense(out);
+      auto src = dense(in);
+      // In place (output = input, as torch does not forbid): peers must read
+      // the input while this rank overwrites it, so they get a copy.
+      if (src.nbytes() && buf.nbytes() && at::get_overlap_status(src, buf) != at::MemOverlapStatus::No)
+        src = src.clone();
       if (even && buf.nbytes() > 0 && !local_->enabled()) {
-        auto src = dense(in);
         ccl::alltoall(src.data_ptr(), buf.data_ptr(), send[0], ccl::datatype::uint8, *comm_).wait();
       } else {
-        alltoallv_bytes("all_to_all_single", dense(in), send, buf, recv);
+        alltoallv_bytes("all_to_all_single", src, send, buf, recv);
       }
       write_back(out, buf);
     });
