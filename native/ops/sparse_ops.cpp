@@ -123,8 +123,13 @@ std::vector<int64_t> bag_starts(const char* op, const at::Tensor& off, const std
                     " must have at least one entry with include_last_offset=True");
   const int64_t B = include_last ? len - 1 : len;
   std::vector<int64_t> s(B + 1);
-  for (int64_t i = 0; i < len; ++i)
-    s[i] = off.scalar_type() == at::kLong ? off.data_ptr<int64_t>()[i] : off.data_ptr<int32_t>()[i];
+  if (off.scalar_type() == at::kLong) {
+    const int64_t* p = off.data_ptr<int64_t>();
+    std::copy(p, p + len, s.begin());
+  } else {
+    const int32_t* p = off.data_ptr<int32_t>();
+    std::copy(p, p + len, s.begin());
+  }
   if (!include_last) s[B] = nnz;
   TORCH_CHECK_VALUE(B == 0 || s[0] == 0, op, ": ", name, "[0] must be 0, got ", s[0]);
   TORCH_CHECK_VALUE(B > 0 || nnz == 0, op, ": ", name, " describes no bags but there are ", nnz,
