@@ -1,4 +1,5 @@
-"""all_reduce and all_to_all_single on 2 ranks: "ccl" vs gloo, same run.
+"""all_reduce, all_to_all_single, all_gather_single and broadcast on 2
+ranks: "ccl" vs gloo, same run.
 
     python benchmarks/collectives.py [--transport ofi|mpi] [--max-mib 64]
 
@@ -7,9 +8,10 @@ ipex-train-run, so ranks get their cores), then each size from 4 KiB to 64 MiB
 runs on the ccl group and on a gloo group over the same ranks, the two
 taking turns call by call. Prints the median time per call, bus bandwidth
 (all_reduce: 2(n-1)/n * bytes / t; all_to_all: (n-1)/n * bytes / t) and the
-ratio gloo time / ccl time (>1: ccl faster). all_to_all_single also runs on a
-second ccl group with IPEX_TRAIN_CCL_LOCAL=0 (oneCCL's alltoall instead of the
+ratio gloo time / ccl time (>1: ccl faster). The data-movement ops also run on
+a second ccl group with IPEX_TRAIN_CCL_LOCAL=0 (oneCCL instead of the
 backend's direct reads between the ranks of one host), column "oneCCL ms".
+Bus bandwidth of all_gather: (n-1)/n * output bytes / t; broadcast: bytes / t.
 oneCCL's variables set in the environment are honoured (e.g.
 CCL_ALLREDUCE=direct for oneCCL's own default).
 """
@@ -70,25 +72,30 @@ def worker(args):
         sizes.append(s)
         s *= 4
     rows = []
-    for op in ("all_reduce", "all_to_all_single"):
+    for op in ("all_reduce", "all_to_all_single", "all_gather_single", "broadcast"):
         for nbytes in sizes:
             x = torch.randn(nbytes // 4)
             out = torch.empty_like(x)
+            part = x[:x.numel() // n]  # all_gather: each rank's share of the output
             fns = {}
             groups = [("ccl", None), ("gloo", gloo)]
-            if op == "all_to_all_single":
+            if op != "all_reduce":
                 groups.append(("oneccl", via_oneccl))
             for name, group in groups:
                 if op == "all_reduce":
                     fns[name] = lambda g=group: dist.all_reduce(x, group=g)
-                else:
+                elif op == "all_to_all_single":
                     fns[name] = lambda g=group: dist.all_to_all_single(out, x, group=g)
+                elif op == "all_gather_single":
+                    fns[name] = lambda g=group: dist.all_gather_single(out, part, group=g)
+                else:
+                    fns[name] = lambda g=group: dist.broadcast(x, src=0, group=g)
             res = timeit(fns, nbytes, lambda: dist.barrier(group=gloo))
             # both ranks report rank 0's figures after agreeing on the max
             t = torch.tensor([res["ccl"], res["gloo"], res.get("oneccl", float("nan"))],
                              dtype=torch.float64)
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
-            factor = 2 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
+            factor = {"all_reduce": 2 * (n - 1) / n, "broadcast": 1.0}.get(op, (n - 1) / n)
             rows.append((op, nbytes, t[0].item(), t[1].item(), t[2].item(), factor))
     if rank == 0:
         transport = os.environ.get("CCL_ATL_TRANSPORT")
@@ -96,11 +103,11 @@ def worker(args):
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
               f"CCL_ALLREDUCE={os.environ.get('CCL_ALLREDUCE', '(oneCCL default)')}, "
               f"ccl all-to-all path: {path}")
-        print(f"{'op':<18}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
+        print(f"{'op':<23}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
               f"{'gloo GB/s':>10}{'gloo/ccl':>9}{'oneCCL ms':>11}")
         for op, nbytes, tc, tg, to, f in rows:
             size = f"{nbytes // 1024}K" if nbytes < 2 ** 20 else f"{nbytes // 2 ** 20}M"
-            print(f"{op:<18}{size:>9}{tc * 1e3:>10.3f}{tg * 1e3:>10.3f}{f * nbytes / tc / 1e9:>10.2f}"
+            print(f"{op:<23}{size:>9}{tc * 1e3:>10.3f}{tg * 1e3:>10.3f}{f * nbytes / tc / 1e9:>10.2f}"
                   f"{f * nbytes / tg / 1e9:>10.2f}{tg / tc:>9.2f}"
                   + (f"{to * 1e3:>11.3f}" if to == to else f"{'-':>11}"))
     dist.destroy_process_group()

@@ -25,6 +25,10 @@ using Clock = std::chrono::steady_clock;
 constexpr size_t kFlagStride = 128;  // posted and done on cache lines of their own
 enum { kPosted = 0, kDone = 1 };
 
+// A rank's slot: its source address, then send offsets, send lengths and
+// receive lengths, one per rank; whole cache lines.
+size_t slot_stride(int size) { return ((1 + 3 * size_t(size)) * 8 + 63) / 64 * 64; }
+
 std::string host_id() {
   char host[256] = {0};
   gethostname(host, sizeof(host) - 1);
@@ -104,8 +108,7 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
   // Round 3: rank 0 creates the control segment, everyone maps it, rank 0
   // unlinks the name once all have (no file is left behind, whatever happens
   // later) and publishes the outcome.
-  const size_t stride = ((1 + 2 * size_t(size)) * 8 + 63) / 64 * 64;
-  shm_bytes_ = size_t(size) * (kFlagStride + stride);
+  shm_bytes_ = size_t(size) * (kFlagStride + slot_stride(size));
   std::string name, mapped = "1";
   if (rank == 0) {
     std::ostringstream n;
@@ -196,50 +199,62 @@ void LocalExchange::wait_for(int peer, int which, uint64_t seq, const char* op,
 
 void LocalExchange::alltoallv(const char* op, const void* src, const size_t* send, void* dst,
                               const size_t* recv, const std::function<void()>& check) {
-  if (!enabled_) throw std::logic_error("LocalExchange::alltoallv on a disabled exchange");
+  std::vector<size_t> send_off(size_);
+  std::vector<void*> to(size_);
+  size_t s = 0, r = 0;
+  for (int j = 0; j < size_; ++j) {
+    send_off[j] = s;
+    s += send[j];
+    to[j] = static_cast<char*>(dst) + r;
+    r += recv[j];
+  }
+  exchange(op, src, send_off.data(), send, to.data(), recv, check);
+}
+
+void LocalExchange::exchange(const char* op, const void* src, const size_t* send_off,
+                             const size_t* send_len, void* const* to, const size_t* recv_len,
+                             const std::function<void()>& check) {
+  if (!enabled_) throw std::logic_error("LocalExchange::exchange on a disabled exchange");
   const uint64_t seq = ++seq_;
   char* base = static_cast<char*>(shm_);
-  const size_t stride = ((1 + 2 * size_t(size_)) * 8 + 63) / 64 * 64;
-  auto slot = [&](int r) { return reinterpret_cast<uint64_t*>(base + size_ * kFlagStride + r * stride); };
+  const size_t n = size_t(size_), stride = slot_stride(size_);
+  auto slot = [&](int r) { return reinterpret_cast<uint64_t*>(base + n * kFlagStride + r * stride); };
   auto flag = [&](int r, int which) { return base + size_t(r) * kFlagStride + which * 64; };
 
+  // my slot: [src, send_off[n], send_len[n], recv_len[n]]
   uint64_t* mine = slot(rank_);
   mine[0] = reinterpret_cast<uint64_t>(src);
-  for (int j = 0; j < size_; ++j) {
-    mine[1 + j] = send[j];
-    mine[1 + size_ + j] = recv[j];
+  for (size_t j = 0; j < n; ++j) {
+    mine[1 + j] = send_off[j];
+    mine[1 + n + j] = send_len[j];
+    mine[1 + 2 * n + j] = recv_len[j];
   }
   store_release(flag(rank_, kPosted), seq);
 
-  std::vector<size_t> rdispl(size_ + 1, 0);
-  for (int j = 0; j < size_; ++j) rdispl[j + 1] = rdispl[j] + recv[j];
   std::string mismatch;
-  auto disagree = [&](int from, int to, uint64_t sends, uint64_t expects) {
+  auto disagree = [&](int from, int dest, uint64_t sends, uint64_t expects) {
     if (mismatch.empty())
       mismatch = std::string("ccl ") + op + ": rank " + std::to_string(from) + " sends " +
-                 std::to_string(sends) + " bytes to rank " + std::to_string(to) + ", which expects " +
+                 std::to_string(sends) + " bytes to rank " + std::to_string(dest) + ", which expects " +
                  std::to_string(expects) + " (split sizes differ between the ranks)";
   };
-  size_t self_off = 0;
-  for (int j = 0; j < rank_; ++j) self_off += send[j];
-  if (send[rank_] != recv[rank_])
-    disagree(rank_, rank_, send[rank_], recv[rank_]);
-  else if (recv[rank_])
-    std::memcpy(static_cast<char*>(dst) + rdispl[rank_], static_cast<const char*>(src) + self_off,
-                recv[rank_]);
+  if (send_len[rank_] != recv_len[rank_]) {
+    disagree(rank_, rank_, send_len[rank_], recv_len[rank_]);
+  } else if (recv_len[rank_]) {
+    const char* from = static_cast<const char*>(src) + send_off[rank_];
+    if (from != to[rank_]) std::memmove(to[rank_], from, recv_len[rank_]);  // in place: nothing to do
+  }
 
   std::string lost;
   for (int k = 1; k < size_; ++k) {  // start at the next rank: peers spread their reads
     const int j = (rank_ + k) % size_;
     wait_for(j, kPosted, seq, op, check);
     const uint64_t* theirs = slot(j);
-    const uint64_t to_me = theirs[1 + rank_], from_me = theirs[1 + size_ + rank_];
-    if (to_me != recv[j]) disagree(j, rank_, to_me, recv[j]);
-    if (from_me != send[j]) disagree(rank_, j, send[j], from_me);
-    if (!mismatch.empty() || !to_me) continue;
-    uint64_t off = 0;
-    for (int i = 0; i < rank_; ++i) off += theirs[1 + i];
-    if (!read_remote(peers_[j].pid, theirs[0] + off, static_cast<char*>(dst) + rdispl[j], to_me)) {
+    const uint64_t for_me = theirs[1 + n + rank_], from_me = theirs[1 + 2 * n + rank_];
+    if (for_me != recv_len[j]) disagree(j, rank_, for_me, recv_len[j]);
+    if (from_me != send_len[j]) disagree(rank_, j, send_len[j], from_me);
+    if (!mismatch.empty() || !for_me) continue;
+    if (!read_remote(peers_[j].pid, theirs[0] + theirs[1 + rank_], to[j], for_me)) {
       lost = std::string("ccl ") + op + ": reading rank " + std::to_string(j) + "'s block failed (" +
              std::strerror(errno) + "); the rank may have exited";
       break;

@@ -1,4 +1,5 @@
-// Single-node all-to-all-v for the "ccl" process group, without oneCCL.
+// Single-node data movement (all-to-all, all-gather, broadcast) for the "ccl"
+// process group, without oneCCL.
 //
 // When every rank of a group runs on this host and may read the others'
 // memory (Linux cross-memory attach, process_vm_readv: same user, no ptrace
@@ -9,11 +10,11 @@
 // time here at 1-16 MiB (see benchmarks/collectives.py).
 //
 // A small POSIX shared-memory segment holds, per rank, two sequence counters
-// (posted: its buffer address and block sizes for operation s are readable;
-// done: it has finished reading everyone's blocks of operation s) and that
-// address and those sizes. An operation:
+// (posted: its buffer address and block offsets/sizes for operation s are
+// readable; done: it has finished reading everyone's blocks of operation s)
+// and that address, those offsets and sizes. An operation:
 //
-//   1. write my send address and all send/recv sizes, then posted = s
+//   1. write my send address and all offsets and sizes, then posted = s
 //   2. copy my own block; for each peer: wait posted >= s, check its sizes
 //      against mine, pull my block from its buffer (process_vm_readv)
 //   3. done = s, then wait until every peer's done >= s (they may still be
@@ -64,13 +65,21 @@ class LocalExchange {
   bool enabled() const { return enabled_; }
   const std::string& reason() const { return reason_; }
 
+  // Every rank j offers the bytes at `src` to the others: send_len[i] bytes
+  // at src + send_off[i] are for rank i (offsets may repeat: all-gather sends
+  // one buffer to all). Rank i receives recv_len[j] bytes from rank j at
+  // to[j]; its own block is copied (memmove; nothing if it is in place).
+  // Every rank must call it, in the same order as its other operations of
+  // this group. Throws std::runtime_error naming `op` when the sizes of two
+  // ranks disagree (after the others finished, so no rank is left waiting),
+  // PeerLost when a peer exits, and whatever `check` throws (it is called
+  // every few ms while waiting).
+  void exchange(const char* op, const void* src, const size_t* send_off, const size_t* send_len,
+                void* const* to, const size_t* recv_len, const std::function<void()>& check);
+
   // All-to-all of bytes: `send[j]` bytes for rank j lie packed in rank order
   // at `src`; `recv[j]` bytes from rank j are written packed in rank order at
-  // `dst`. Every rank must call it, in the same order as its other operations
-  // of this group. Throws std::runtime_error naming `op` when the sizes of two
-  // ranks disagree (after the others finished, so no rank is left waiting),
-  // when a peer exits, or when `check` throws (it is called every few ms while
-  // waiting).
+  // `dst`.
   void alltoallv(const char* op, const void* src, const size_t* send, void* dst,
                  const size_t* recv, const std::function<void()>& check);
 

@@ -341,8 +341,8 @@ class ProcessGroupCCL : public c10d::Backend {
   void setSequenceNumberForGroup() override {}
   uint64_t getSequenceNumberForGroup() override { return seq_.load(); }
   bool aborted() const { return aborted_.load(); }
-  // "local" when all-to-all moves bytes by direct reads between the ranks of
-  // this host, else "oneccl (why)".
+  // "local" when all-to-all, all-gather and broadcast move bytes by direct
+  // reads between the ranks of this host, else "oneccl (why)".
   std::string alltoall_path() const {
     return local_->enabled() ? "local" : "oneccl (" + local_->reason() + ")";
   }
@@ -431,8 +431,21 @@ class ProcessGroupCCL : public c10d::Backend {
     int root = int(o.rootRank);
     return enqueue(OpType::BROADCAST, "broadcast", ts, o.timeout, [this, t, root] {
       auto buf = dense(t);
-      if (buf.nbytes() > 0)
+      if (local_->enabled()) {  // every rank reads the root's buffer
+        const size_t n = buf.nbytes();
+        std::vector<size_t> off(size_, 0), send(size_, 0), recv(size_, 0);
+        std::vector<void*> to(size_, nullptr);
+        if (rank_ == root) {
+          for (int j = 0; j < size_; ++j) send[j] = j == root ? 0 : n;
+        } else {
+          recv[root] = n;
+          to[root] = buf.data_ptr();
+        }
+        local_call([&] { local_->exchange("broadcast", buf.data_ptr(), off.data(), send.data(),
+                                          to.data(), recv.data(), aborted_check()); });
+      } else if (buf.nbytes() > 0) {
         ccl::broadcast(buf.data_ptr(), buf.nbytes(), ccl::datatype::uint8, root, *comm_).wait();
+      }
       write_back(t, buf);
     });
   }
@@ -451,6 +464,14 @@ class ProcessGroupCCL : public c10d::Backend {
     }
     return enqueue(OpType::ALLGATHER, "all_gather", list, o.timeout, [this, in, list] {
       auto src = dense(in);
+      bool direct = local_->enabled();
+      for (auto& t : list) direct = direct && t.is_contiguous();
+      if (direct) {  // straight into the outputs
+        std::vector<void*> to;
+        for (auto& t : list) to.push_back(t.data_ptr());
+        gather_local("all_gather", src, to);
+        return;
+      }
       auto buf = at::empty({int64_t(size_) * src.numel()}, src.options());
       gather_bytes(src, buf);
       for (int r = 0; r < size_; ++r)
@@ -762,11 +783,55 @@ class ProcessGroupCCL : public c10d::Backend {
   }
 
   // ---- oneCCL calls (worker thread only) ----
+  // All-gather of `src`'s bytes into contiguous `dst` (rank order).
   void gather_bytes(const at::Tensor& src, const at::Tensor& dst) {
+    if (local_->enabled()) {
+      std::vector<void*> to;
+      for (int j = 0; j < size_; ++j) to.push_back(static_cast<char*>(dst.data_ptr()) + j * src.nbytes());
+      gather_local("all_gather", src, to);
+      return;
+    }
     if (src.nbytes() == 0) return;
     std::vector<size_t> counts(size_, src.nbytes());
     ccl::allgatherv(src.data_ptr(), src.nbytes(), dst.data_ptr(), counts, ccl::datatype::uint8, *comm_)
         .wait();
+  }
+
+  // Every rank's `src` bytes to to[j] on every rank j (direct reads). A source
+  // that overlaps a destination other than its own slot would be overwritten
+  // while peers read it: they get a copy.
+  void gather_local(const char* op, at::Tensor src, const std::vector<void*>& to) {
+    const size_t n = src.nbytes();
+    if (n) {
+      const char* s = static_cast<const char*>(src.data_ptr());
+      for (int j = 0; j < size_; ++j) {
+        const char* d = static_cast<const char*>(to[j]);
+        if (j != rank_ && s < d + n && d < s + n) {
+          src = src.clone();
+          break;
+        }
+      }
+    }
+    std::vector<size_t> off(size_, 0), len(size_, n);
+    local_call([&] { local_->exchange(op, src.data_ptr(), off.data(), len.data(), to.data(), len.data(),
+                                      aborted_check()); });
+  }
+
+  std::function<void()> aborted_check() {
+    return [this] {
+      if (aborted_.load()) throw std::runtime_error("the process group was aborted meanwhile");
+    };
+  }
+
+  // Runs a local exchange; a peer that is gone aborts the group.
+  template <class Fn>
+  void local_call(Fn&& fn) {
+    try {
+      fn();
+    } catch (const ccl_local::PeerLost& e) {
+      abort_with(e.what());  // the group cannot go on without that rank
+      throw;
+    }
   }
 
   void alltoallv_bytes(const char* op, const at::Tensor& src, const std::vector<size_t>& send,
@@ -775,14 +840,7 @@ class ProcessGroupCCL : public c10d::Backend {
     void* s = src.nbytes() ? src.data_ptr() : dummy;
     void* d = dst.nbytes() ? dst.data_ptr() : dummy;
     if (local_->enabled()) {
-      try {
-        local_->alltoallv(op, s, send.data(), d, recv.data(), [this] {
-          if (aborted_.load()) throw std::runtime_error("the process group was aborted meanwhile");
-        });
-      } catch (const ccl_local::PeerLost& e) {
-        abort_with(e.what());  // the group cannot go on without that rank
-        throw;
-      }
+      local_call([&] { local_->alltoallv(op, s, send.data(), d, recv.data(), aborted_check()); });
       return;
     }
     // oneCCL handles zero counts; every rank calls it (whether all counts are

@@ -172,6 +172,12 @@ def run_dtype(c, dt):
             return t
         c.both(f"broadcast {key}", bc, x[root])
 
+        def bc_nc(g):  # a non-contiguous tensor, root 0
+            t = x[me].reshape(-1, 1).repeat(1, 2).t()
+            dist.broadcast(t, src=0, group=g)
+            return t.clone()
+        c.both(f"broadcast non-contiguous {key}", bc_nc, x[0].reshape(-1, 1).repeat(1, 2).t())
+
         for op in (R.SUM, R.MAX):
             x = ins(f"red{op}")
             def red(g, x=x, op=op):
@@ -198,6 +204,21 @@ def run_dtype(c, dt):
             dist.all_gather_single(out, x[me], group=g)
             return out
         c.both(f"all_gather_single {key}", ags, torch.cat(x))
+
+        def agt_inplace(g):  # the input is this rank's slot of the output
+            out = torch.zeros((n * shape[0],) + shape[1:], dtype=dt)
+            mine = out.narrow(0, me * shape[0], shape[0])
+            mine.copy_(x[me])
+            dist.all_gather_into_tensor(out, mine, group=g)
+            return out
+        c.both(f"all_gather_into_tensor in place {key}", agt_inplace, torch.cat(x))
+
+        def ag_nc(g):  # non-contiguous outputs (every other column of a wider tensor)
+            wide = [torch.zeros(shape + (2,), dtype=dt) for _ in range(n)]
+            dist.all_gather([w[..., 0] for w in wide], x[me], group=g)
+            return [w[..., 0].clone() for w in wide]
+        if len(shape) and shape[0]:
+            c.both(f"all_gather non-contiguous outputs {key}", ag_nc, x)
 
         rs = [[c.inp(("rs", q, j), q, shape, dt) for j in range(n)] for q in range(n)]
         def rsl(g):
