@@ -31,6 +31,11 @@ for method in ("env://", f"tcp://127.0.0.1:{port}", f"file://{path}"):
     u = torch.ones(3)
     dist.all_reduce(u, group=sub)
     sums[method.split(":")[0] + "_sub"] = u[0].item()
+    if rank < 2:  # all-to-all on the subgroup (its own direct-read segment)
+        v = torch.tensor([10.0 * rank, 10.0 * rank + 1])
+        w = torch.empty(2)
+        dist.all_to_all_single(w, v, group=sub)
+        sums[method.split(":")[0] + "_sub_a2a"] = w.tolist()
     dist.destroy_process_group()
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
     json.dump(sums, f)

@@ -86,5 +86,9 @@ def test_init_methods(tmp_path):
     assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
     for rank, r in enumerate(results(tmp_path, 3)):
         sub = 2.0 if rank < 2 else 1.0  # rank 2 is outside the subgroup: untouched
-        assert r == {"env": 6.0, "tcp": 6.0, "file": 6.0, "env_sub": sub, "tcp_sub": sub,
-                     "file_sub": sub}, (rank, r)
+        want = {"env": 6.0, "tcp": 6.0, "file": 6.0, "env_sub": sub, "tcp_sub": sub,
+                "file_sub": sub}
+        if rank < 2:
+            a2a = [0.0 + rank, 10.0 + rank]  # element `rank` of each member's [10q, 10q + 1]
+            want.update({"env_sub_a2a": a2a, "tcp_sub_a2a": a2a, "file_sub_a2a": a2a})
+        assert r == want, (rank, r)
