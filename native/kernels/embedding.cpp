@@ -96,8 +96,7 @@ inline void add_split_row(uint16_t* __restrict__ top, uint16_t* __restrict__ tra
   }
 }
 
-inline const void* grad_row(const EmbGrad& g, int64_t e) {
-  const int64_t src = g.bag ? g.bag[e] : e;
+inline const void* grad_row(const EmbGrad& g, int64_t src) {
   return static_cast<const char*>(g.data) + src * g.ld * (g.bf16 ? 2 : 4);
 }
 
@@ -158,10 +157,10 @@ inline void update_row(const EmbHyper& h, const EmbTable& t, int64_t r, float* g
   if (!t.fp32) store_row(t, r, wbuf);
 }
 
-// Prefetches entry e's gradient row (rows of a sparse grad are read in bucket
-// order, i.e. scattered).
-IPT_PREFETCH_FN void prefetch_src(const EmbGrad& g, int64_t e, int64_t d) {
-  const char* p = static_cast<const char*>(grad_row(g, e));
+// Prefetches gradient source row src (rows of a sparse grad are read in
+// bucket order, i.e. scattered).
+IPT_PREFETCH_FN void prefetch_src(const EmbGrad& g, int64_t src, int64_t d) {
+  const char* p = static_cast<const char*>(grad_row(g, src));
   for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
 }
 
@@ -182,30 +181,30 @@ Scratch& scratch() {
 
 }  // namespace
 
-void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha, const int32_t* ents,
-                    int64_t n) {
+void emb_bucket_add(const EmbTable& t, EmbGrad g, float alpha, const EmbEntry* ents, int64_t n) {
   const int64_t d = t.dim;
   constexpr int64_t kAhead = 8;  // rows in flight per thread (A/B measured: 8 beats 4, 12, 16)
   for (int64_t k = 0; k < n; ++k) {
     if (k + kAhead < n) {
-      prefetch_row(t, row_of(in, ents[k + kAhead]));
-      prefetch_src(g, ents[k + kAhead], d);
+      prefetch_row(t, ents[k + kAhead].row);
+      prefetch_src(g, ents[k + kAhead].src, d);
     }
-    const int64_t e = ents[k];
-    const int64_t r = row_of(in, e);
-    const float sc = g.scale ? alpha * g.scale[e] : alpha;
+    const EmbEntry& en = ents[k];
+    const int64_t r = en.row;
+    const float sc = g.scale ? alpha * g.scale[en.e] : alpha;
+    const void* src = grad_row(g, en.src);
     if (t.fp32) {
-      accumulate_any(false, g.bf16, t.fp32 + r * d, grad_row(g, e), sc, d);
+      accumulate_any(false, g.bf16, t.fp32 + r * d, src, sc, d);
     } else if (g.bf16) {
-      add_split_row<true>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+      add_split_row<true>(t.top + r * d, t.trail + r * d, src, sc, d);
     } else {
-      add_split_row<false>(t.top + r * d, t.trail + r * d, grad_row(g, e), sc, d);
+      add_split_row<false>(t.top + r * d, t.trail + r * d, src, sc, d);
     }
   }
 }
 
-void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGrad g,
-                       const int32_t* ents, int64_t n) {
+void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbGrad g, const EmbEntry* ents,
+                       int64_t n) {
   if (n == 0) return;
   const int64_t d = t.dim;
   Scratch& s = scratch();
@@ -220,9 +219,9 @@ void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGra
   int64_t nu = 0;
   constexpr int64_t kSrcAhead = 8;
   for (int64_t k = 0; k < n; ++k) {
-    if (k + kSrcAhead < n) prefetch_src(g, ents[k + kSrcAhead], d);
-    const int64_t e = ents[k];
-    const int64_t r = row_of(in, e);
+    if (k + kSrcAhead < n) prefetch_src(g, ents[k + kSrcAhead].src, d);
+    const int64_t e = ents[k].e;
+    const int64_t r = ents[k].row;
     uint64_t hsh = (hash_row(r) >> 20) & mask;
     while (s.keys[hsh] != -1 && s.keys[hsh] != r) hsh = (hsh + 1) & mask;
     const float sc = g.scale ? g.scale[e] : 1.0f;
@@ -236,7 +235,7 @@ void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGra
       prefetch_row(t, r);
       if (h.kind == kEmbRowWiseAdagrad) __builtin_prefetch(t.state1 + r, 1);
     }
-    accumulate_any(fresh, g.bf16, s.acc.data() + s.slot[hsh] * d, grad_row(g, e), sc, d);
+    accumulate_any(fresh, g.bf16, s.acc.data() + s.slot[hsh] * d, grad_row(g, ents[k].src), sc, d);
   }
   constexpr int64_t kAhead = 8;
   const int64_t state_width = h.kind == kEmbRowWiseAdagrad ? 1 : d;

@@ -7,11 +7,13 @@
 // and is multiplied by grad.scale[e] (per-sample weight or 1/bag size) when
 // grad.scale is set.
 //
-// Threads never share a row: the ops layer sorts the entry ids into buckets by
+// Threads never share a row: the ops layer sorts the entries into buckets by
 // a hash of their row (a stable counting sort: within a bucket, entries keep
 // their original order) and hands whole buckets to the kernels. Every row is
 // therefore updated by one thread, in the original entry order, so results do
-// not depend on the thread count or on the bucket count.
+// not depend on the thread count or on the bucket count. The sort writes each
+// entry with its row and gradient source row (EmbEntry), so the kernels read
+// them in sequence instead of looking up idx[e] and bag[e] at random.
 #pragma once
 #include <cstdint>
 
@@ -48,6 +50,14 @@ struct EmbGrad {
   const float* scale;   // nullable: multiply by scale[e]
 };
 
+// One entry in bucket order: table row, gradient source row (see above) and
+// the entry's position (for grad.scale).
+struct EmbEntry {
+  int64_t row;
+  int32_t src;
+  int32_t e;
+};
+
 enum EmbOptKind : int { kEmbSgd = 0, kEmbAdagrad = 1, kEmbRowWiseAdagrad = 2, kEmbAdam = 3 };
 
 // Per-row update rules, g = the row's summed gradient (negated if maximize).
@@ -74,12 +84,12 @@ struct EmbBags {
 }  // namespace ipex_train
 
 #define IPT_EMBEDDING_KERNEL_DECLS                                                          \
-  /* w[idx[e]] += alpha * grad(e) for the n entries ents[0..n), in that order. */           \
-  void emb_bucket_add(const EmbTable& t, EmbIndex in, EmbGrad g, float alpha,              \
-                      const int32_t* ents, int64_t n);                                      \
+  /* w[row] += alpha * grad for the n entries ents[0..n), in that order. */               \
+  void emb_bucket_add(const EmbTable& t, EmbGrad g, float alpha, const EmbEntry* ents,     \
+                      int64_t n);                                                           \
   /* Sums each row's entries (in order), then applies the update once per row. */          \
-  void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbIndex in, EmbGrad g,     \
-                         const int32_t* ents, int64_t n);                                   \
+  void emb_bucket_update(const EmbHyper& h, const EmbTable& t, EmbGrad g,                  \
+                         const EmbEntry* ents, int64_t n);                                  \
   /* Dense gradient [rows, dim]: the update for rows [r0, r1). */                           \
   void emb_dense_update(const EmbHyper& h, const EmbTable& t, const void* grad, bool bf16, \
                         int64_t r0, int64_t r1);                                            \

@@ -152,7 +152,7 @@ struct Work {
   int64_t nnz;
   int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
   int64_t nbuckets;
-  std::vector<int32_t> perm;     // entry ids in bucket order
+  std::vector<EmbEntry> perm;    // entries in bucket order
   std::vector<int64_t> bstart;   // [nbuckets + 1]
 };
 
@@ -228,7 +228,9 @@ void sort_entries(std::vector<Work>& works) {
       const int64_t end = std::min(w.nnz, begin + kEntryChunk);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = idx_at(w.in, i);
-        if (r != w.in.padding_idx) w.perm[h[bucket_of(r, w.shift)]++] = static_cast<int32_t>(i);
+        if (r == w.in.padding_idx) continue;
+        const int32_t e = static_cast<int32_t>(i);
+        w.perm[h[bucket_of(r, w.shift)]++] = EmbEntry{r, w.g.bag ? w.g.bag[i] : e, e};
       }
     }
   });
@@ -284,8 +286,8 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   if (w.nnz == 0 || w.t.dim == 0) return;
   sort_entries(works);
   const float a = static_cast<float>(alpha);
-  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
-    IPT_DISPATCH(emb_bucket_add, wk.t, wk.in, wk.g, a, ents, n);
+  for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, a, ents, n);
   });
 }
 
@@ -319,8 +321,8 @@ void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& tra
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
   sort_entries(works);
-  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
-    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.in, wk.g, ents, n);
+  for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, n);
   });
 }
 
@@ -482,13 +484,13 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
   sort_entries(works);
   if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
     const float alpha = maximize ? h.lr : -h.lr;
-    for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
-      IPT_DISPATCH(emb_bucket_add, wk.t, wk.in, wk.g, alpha, ents, n);
+    for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
+      IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, alpha, ents, n);
     });
     return;
   }
-  for_each_bucket(works, [&](Work& wk, const int32_t* ents, int64_t n) {
-    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.in, wk.g, ents, n);
+  for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
+    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, n);
   });
 }
 
