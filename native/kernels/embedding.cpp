@@ -294,9 +294,14 @@ static inline V8 load8_bf16(const uint16_t* p) {
   return v;
 }
 
+// Row r is a valid row id (the forward checks ids as it goes; see emb_forward).
+inline bool in_table(const EmbTable& t, int64_t r) {
+  return static_cast<uint64_t>(r) < static_cast<uint64_t>(t.rows);
+}
+
 template <int W, bool kTop, bool kPsw>
 inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
-                      int64_t j0, float* out, bool prefetch, int64_t e_stop) {
+                      int64_t j0, float* out, bool prefetch, int64_t e_stop, int64_t* first_bad) {
   const int64_t d = t.dim;
   const int64_t row_bytes = d * (kTop ? 2 : 4);
   const char* base = kTop ? reinterpret_cast<const char*>(t.top) : reinterpret_cast<const char*>(t.fp32);
@@ -307,10 +312,17 @@ inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t 
     for (int k = 0; k < kV; ++k) a[k] = V8{0, 0, 0, 0, 0, 0, 0, 0};
     for (int64_t e = e0; e < e1; ++e) {
       if (prefetch && e + kDist < e_stop) {
-        const char* p = base + row_of(in, e + kDist) * row_bytes;
-        for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+        const int64_t rn = row_of(in, e + kDist);
+        if (in_table(t, rn)) {
+          const char* p = base + rn * row_bytes;
+          for (int64_t x = 0; x < row_bytes; x += 64) __builtin_prefetch(p + x);
+        }
       }
       const int64_t r = row_of(in, e);
+      if (!in_table(t, r)) {
+        *first_bad = std::min(*first_bad, e);
+        continue;
+      }
       if (r == in.padding_idx) continue;
       const float w = kPsw ? psw[e] : 1.0f;
 #pragma GCC unroll 8
@@ -326,6 +338,10 @@ inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t 
     for (int k = 0; k < W; ++k) a[k] = 0.0f;
     for (int64_t e = e0; e < e1; ++e) {
       const int64_t r = row_of(in, e);
+      if (!in_table(t, r)) {
+        *first_bad = std::min(*first_bad, e);
+        continue;
+      }
       if (r == in.padding_idx) continue;
       const float w = kPsw ? psw[e] : 1.0f;
       for (int k = 0; k < W; ++k) {
@@ -339,37 +355,39 @@ inline void pool_cols(const EmbTable& t, EmbIndex in, const float* psw, int64_t 
 
 template <bool kTop, bool kPsw>
 inline void pool_bag(const EmbTable& t, EmbIndex in, const float* psw, int64_t e0, int64_t e1,
-                     float* acc, int64_t e_stop) {
+                     float* acc, int64_t e_stop, int64_t* bad) {
   const int64_t d = t.dim;
   int64_t j = 0;
-  for (; j + 64 <= d; j += 64) pool_cols<64, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
-  for (; j + 16 <= d; j += 16) pool_cols<16, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
-  for (; j + 8 <= d; j += 8) pool_cols<8, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
-  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop);
+  for (; j + 64 <= d; j += 64) pool_cols<64, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop, bad);
+  for (; j + 16 <= d; j += 16) pool_cols<16, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop, bad);
+  for (; j + 8 <= d; j += 8) pool_cols<8, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop, bad);
+  for (; j < d; ++j) pool_cols<1, kTop, kPsw>(t, in, psw, e0, e1, j, acc + j, j == 0, e_stop, bad);
 }
 
 }  // namespace
 
 void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0, int64_t b1,
-                 void* out, bool out_bf16, int64_t ld) {
+                 void* out, bool out_bf16, int64_t ld, int64_t* first_bad) {
   const int64_t d = t.dim;
   Scratch& s = scratch();
   s.acc.resize(d);
   float* acc = s.acc.data();
   const int64_t e_stop = bags.start[b1];
   for (int64_t e = bags.start[b0]; e < std::min(e_stop, bags.start[b0] + kDist); ++e) {
-    const char* p = t.fp32 ? reinterpret_cast<const char*>(t.fp32 + row_of(in, e) * d)
-                           : reinterpret_cast<const char*>(t.top + row_of(in, e) * d);
+    const int64_t r = row_of(in, e);
+    if (!in_table(t, r)) continue;
+    const char* p = t.fp32 ? reinterpret_cast<const char*>(t.fp32 + r * d)
+                           : reinterpret_cast<const char*>(t.top + r * d);
     for (int64_t x = 0; x < d * (t.fp32 ? 4 : 2); x += 64) __builtin_prefetch(p + x);
   }
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t e0 = bags.start[b], e1 = bags.start[b + 1];
     if (t.fp32) {
-      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc, e_stop);
-      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc, e_stop);
+      if (bags.psw) pool_bag<false, true>(t, in, bags.psw, e0, e1, acc, e_stop, first_bad);
+      else pool_bag<false, false>(t, in, bags.psw, e0, e1, acc, e_stop, first_bad);
     } else {
-      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc, e_stop);
-      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc, e_stop);
+      if (bags.psw) pool_bag<true, true>(t, in, bags.psw, e0, e1, acc, e_stop, first_bad);
+      else pool_bag<true, false>(t, in, bags.psw, e0, e1, acc, e_stop, first_bad);
     }
     if (bags.mean) {
       int64_t count = 0;

@@ -93,8 +93,10 @@ struct EmbBags {
   /* Dense gradient [rows, dim]: the update for rows [r0, r1). */                           \
   void emb_dense_update(const EmbHyper& h, const EmbTable& t, const void* grad, bool bf16, \
                         int64_t r0, int64_t r1);                                            \
-  /* Bags [b0, b1): out[b, 0:dim] (row stride ld, fp32 or bf16) = pooled rows.      */     \
+  /* Bags [b0, b1): out[b, 0:dim] (row stride ld, fp32 or bf16) = pooled rows. Row  */     \
+  /* ids outside [0, rows) are skipped and the first such entry goes to *first_bad    */     \
+  /* (left as it is when there is none): the caller raises and drops the output.     */     \
   void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0,        \
-                   int64_t b1, void* out, bool out_bf16, int64_t ld);
+                   int64_t b1, void* out, bool out_bf16, int64_t ld, int64_t* first_bad);
 
 IPT_DECLARE_FOR_ALL_ISAS(IPT_EMBEDDING_KERNEL_DECLS)

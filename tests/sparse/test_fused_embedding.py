@@ -1,6 +1,7 @@
 """FusedEmbeddingBag(Collection) against nn.EmbeddingBag(sparse=True) + torch
 optimizers (a plain-PyTorch reference for row-wise Adagrad) over 20 steps."""
 import copy
+import re
 
 import pytest
 import torch
@@ -217,6 +218,36 @@ def test_bad_inputs_raise_and_leave_tables_unchanged():
         with pytest.raises((ValueError, TypeError, IndexError), match=match):
             op(**kw)
         assert _unchanged(m, snap), key
+
+
+@pytest.mark.parametrize("idx_dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_out_of_range_ids_found_wherever_they_are(idx_dtype, dtype, isa_level, threads):
+    """Row ids are range-checked inside the forward kernel and the backward's
+    sort (no separate pass): the error names the first bad id of the first
+    table that has one, in any bag block, on any ISA level and thread count,
+    and nothing is written."""
+    threads(2)
+    m = FusedEmbeddingBagCollection([(50, 8), (30, 5)], optimizer="sgd", lr=0.1, dtype=dtype)
+    snap = _snapshot(m)
+    big = torch.iinfo(idx_dtype).max
+    offs = torch.arange(0, 200, 2)  # 100 bags of 2: several blocks of 32 bags
+    for bad0, bad1, want in [({150: 50, 170: -1}, {}, "indices[0][150] = 50"),
+                             ({}, {3: 30, 199: big}, "indices[1][3] = 30"),
+                             ({199: big}, {0: -5}, f"indices[0][199] = {big}")]:
+        idx = [torch.randint(0, 30, (200,)).to(idx_dtype) for _ in range(2)]
+        for t, bad in ((0, bad0), (1, bad1)):
+            for pos, v in bad.items():
+                idx[t][pos] = v
+        with pytest.raises(IndexError, match=re.escape(want)):
+            m(idx, [offs, offs])
+        op = torch.ops.ipex_train.embedding_bags_backward_update_
+        tabs = m._table_list()
+        with pytest.raises(IndexError, match=re.escape(want)):
+            op([t.weight for t in tabs], [t.trail for t in tabs] if dtype == torch.bfloat16 else [],
+               [], [], torch.ones(100, 13, dtype=dtype), idx, [offs, offs], [], [-1, -1], False,
+               False, 0, 0.1, 0.0, 0.0, 0.0, 0.0, False)
+        assert _unchanged(m, snap), want
 
 
 def test_state_dict_round_trip_and_lr_schedule():
