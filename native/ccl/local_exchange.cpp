@@ -72,7 +72,8 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
   // Round 1: who is where. Every rank publishes its host, pid and the address
   // of a random nonce, then probes every peer by reading that nonce through
   // process_vm_readv (which fails across hosts, pid namespaces, users, or under
-  // a ptrace restriction such as Yama scope 2 or a seccomp filter).
+  // a ptrace restriction: Yama ptrace_scope >= 1 between sibling processes, a
+  // seccomp filter).
   std::ostringstream me;
   me << (want ? 1 : 0) << ' ' << getpid() << ' ' << reinterpret_cast<uint64_t>(nonce_.get()) << ' '
      << *nonce_ << ' ' << host_id();
