@@ -373,6 +373,11 @@ void emb_forward(const EmbTable& t, EmbIndex in, const EmbBags& bags, int64_t b0
   s.acc.resize(d);
   float* acc = s.acc.data();
   const int64_t e_stop = bags.start[b1];
+  if (d == 0) {  // no columns to pool: still report bad row ids
+    for (int64_t e = bags.start[b0]; e < e_stop; ++e)
+      if (!in_table(t, row_of(in, e))) *first_bad = std::min(*first_bad, e);
+    return;
+  }
   for (int64_t e = bags.start[b0]; e < std::min(e_stop, bags.start[b0] + kDist); ++e) {
     const int64_t r = row_of(in, e);
     if (!in_table(t, r)) continue;

@@ -89,36 +89,19 @@ void attach_state(const char* op, EmbTable& t, int64_t kind, const at::Tensor& w
   __builtin_unreachable();
 }
 
-// 1-D int32/int64 row ids. Returns the kernel's view. With `scan`, checks that
-// all lie in [0, rows); without, the caller must check them in a pass it makes
-// anyway before anything is written (sort_entries, the forward kernel): a
-// separate pass over cold indices cost 0.1-0.4 ms per call here.
-EmbIndex check_index(const char* op, const at::Tensor& idx, const std::string& name, int64_t rows,
-                     int64_t padding_idx, bool scan = true) {
+// 1-D int32/int64 row ids. Returns the kernel's view. Their range is checked
+// where they are read anyway before anything is written (sort_entries, the
+// forward kernel): a separate pass over cold indices cost 0.1-0.4 ms per call
+// here.
+EmbIndex check_index(const char* op, const at::Tensor& idx, const std::string& name,
+                     int64_t padding_idx) {
   check_dense_cpu(idx, name, op);
   TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong || idx.scalar_type() == at::kInt, op, ": ", name,
                    " must be int64 or int32, got ", idx.scalar_type());
   TORCH_CHECK_VALUE(idx.dim() == 1, op, ": ", name, " must be 1-D, got shape ", idx.sizes());
   TORCH_CHECK_VALUE(idx.numel() < std::numeric_limits<int32_t>::max(), op, ": ", name,
                     " has more than 2^31 - 1 entries");
-  const int64_t n = idx.numel();
-  const bool i64 = idx.scalar_type() == at::kLong;
-  const EmbIndex in{idx.data_ptr(), i64, padding_idx};
-  if (!scan) return in;
-  // First bad position (or n): parallel scan, deterministic answer.
-  std::vector<int64_t> bad(std::max<int64_t>(1, at::get_num_threads()), n);
-  at::parallel_for(0, n, 1 << 14, [&](int64_t b, int64_t e) {
-    int64_t first = n;
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t r = i64 ? static_cast<const int64_t*>(in.idx)[i] : static_cast<const int32_t*>(in.idx)[i];
-      if (r < 0 || r >= rows) { first = i; break; }
-    }
-    const int tid = at::get_thread_num();
-    bad[tid] = std::min(bad[tid], first);
-  });
-  const int64_t first = *std::min_element(bad.begin(), bad.end());
-  if (first < n) index_out_of_range(op, name, in, first, rows);
-  return in;
+  return EmbIndex{idx.data_ptr(), idx.scalar_type() == at::kLong, padding_idx};
 }
 
 // offsets -> bag starts [B + 1] (nn.EmbeddingBag's offsets / include_last_offset rules).
@@ -303,13 +286,14 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   std::vector<Work> works(1);
   Work& w = works[0];
   w.t = check_table(op, weight, trail, "weight", "trail");
-  w.in = check_index(op, indices, "indices", w.t.rows, -1, /*scan=*/false);  // in sort_entries
+  w.in = check_index(op, indices, "indices", -1);
   w.op = op;
   w.idx_name = "indices";
   w.nnz = indices.numel();
   w.g = check_values(op, values, weight, w.nnz);
-  if (w.nnz == 0 || w.t.dim == 0) return;
-  sort_entries(works);
+  if (w.nnz == 0) return;
+  sort_entries(works);  // also checks the row ids
+  if (w.t.dim == 0) return;
   const float a = static_cast<float>(alpha);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, a, ents, n);
@@ -341,7 +325,7 @@ void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& tra
                      [&](int64_t b, int64_t e) { IPT_DISPATCH(emb_dense_update, h, t, g, bf16, b, e); });
     return;
   }
-  w.in = check_index(op, *indices, "indices", w.t.rows, -1, /*scan=*/false);  // in sort_entries
+  w.in = check_index(op, *indices, "indices", -1);
   w.op = op;
   w.idx_name = "indices";
   w.nnz = indices->numel();
@@ -391,8 +375,7 @@ BagSet check_bags(const char* op, at::TensorList weights, at::TensorList trails,
     const int64_t pad = padding_idx[i];
     TORCH_CHECK_VALUE(pad >= -1 && pad < t.rows, op, ": padding_idx[", i, "] = ", pad,
                       " is out of range for a table of ", t.rows, " rows (-1 means none)");
-    // ranges: in the forward kernel / sort_entries (see check_index)
-    s.index.push_back(check_index(op, indices[i], arg("indices", i), t.rows, pad, /*scan=*/false));
+    s.index.push_back(check_index(op, indices[i], arg("indices", i), pad));
     const int64_t nnz = indices[i].numel();
     s.starts.push_back(bag_starts(op, offsets[i], arg("offsets", i), nnz, include_last));
     const int64_t B = static_cast<int64_t>(s.starts.back().size()) - 1;

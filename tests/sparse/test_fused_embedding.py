@@ -248,6 +248,16 @@ def test_out_of_range_ids_found_wherever_they_are(idx_dtype, dtype, isa_level, t
                [], [], torch.ones(100, 13, dtype=dtype), idx, [offs, offs], [], [-1, -1], False,
                False, 0, 0.1, 0.0, 0.0, 0.0, 0.0, False)
         assert _unchanged(m, snap), want
+    # a table of width 0 (the modules refuse it; the ops take it) has nothing to
+    # pool or update, but its ids are still checked
+    w0 = torch.zeros(10, 0)
+    with pytest.raises(IndexError, match=re.escape("indices[0][1] = 10")):
+        torch.ops.ipex_train.embedding_bags_forward(
+            [w0], [torch.tensor([1, 10]).to(idx_dtype)], [torch.tensor([0, 1])], [], [-1], False,
+            False)
+    with pytest.raises(IndexError, match=re.escape("indices[1] = 10")):
+        torch.ops.ipex_train.sparse_add_(w0, None, torch.tensor([1, 10]).to(idx_dtype),
+                                         torch.zeros(2, 0), 1.0)
 
 
 def test_state_dict_round_trip_and_lr_schedule():
