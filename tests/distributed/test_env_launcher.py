@@ -109,3 +109,15 @@ def test_free_ports_distinct_bindable_and_outside_ephemeral_range():
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+def test_free_ports_when_nothing_lies_below_the_ephemeral_range(monkeypatch):
+    import socket
+
+    import launchers._ports as ports
+    monkeypatch.setattr(ports, "_ephemeral_low", lambda: 1024)
+    got = ports.free_ports(4)
+    assert len(set(got)) == 4, got
+    for p in got:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))
