@@ -1,5 +1,6 @@
 """Helpers for the multi-process tests: run a command on 127.0.0.1 with a
 timeout and a clean environment, and read the per-rank JSON results."""
+import functools
 import glob
 import json
 import os
@@ -94,6 +95,7 @@ sys.exit(0 if n == 8 and buf.raw == b"ipt-cma!" else 1)
 """
 
 
+@functools.lru_cache(maxsize=None)
 def cma_between_siblings():
     """Whether one process may read a sibling's memory (process_vm_readv), as
     ranks started side by side must for the ccl backend's single-node
