@@ -17,11 +17,11 @@ compared with FBGEMM's only (torch has no such optimizer).
 import argparse
 import gc
 import statistics
-import time
 
 import numpy as np
 import torch
 
+import _timing  # benchmarks/_timing.py
 import ipex_train
 from ipex_train.sparse import FusedEmbeddingBag, sparse_add_
 
@@ -40,35 +40,18 @@ def batches(kind, rows, bags, per_bag, n, seed=0):
     return out
 
 
-def interleaved(variants, iters, warmup=3):
-    """Times every variant once per round, round-robin (the order rotates each
-    round), so slow phases of a noisy machine hit all variants alike.
-    variants: {name: (fn, data)}; fn(*data[i % len(data)]). Returns
-    {name: (min ms, median ms)}."""
-    names = list(variants)
-    ts = {n: [] for n in names}
-    for r in range(warmup + iters):
-        for k in range(len(names)):
-            n = names[(r + k) % len(names)]
-            fn, data = variants[n]
-            d = data[r % len(data)]
-            t0 = time.perf_counter()
-            fn(*d)
-            if r >= warmup:
-                ts[n].append(time.perf_counter() - t0)
-    return {n: (min(v) * 1e3, statistics.median(v) * 1e3) for n, v in ts.items()}
-
-
-def timed(fn, iters):
-    """Minimum ms of fn() over iters calls (after a warm-up call)."""
-    fn()
-    return interleaved({"x": (fn, [()])}, iters, warmup=0)["x"][0]
+def interleaved(variants, iters):
+    """variants: {name: (fn, data)}, fn(*data[round % len(data)]), run
+    round-robin (_timing.interleaved). Returns {name: (min ms, median ms)}."""
+    fns = {n: (lambda r, fn=fn, data=data: fn(*data[r % len(data)]))
+           for n, (fn, data) in variants.items()}
+    return {n: (lo * 1e3, med * 1e3) for n, (lo, med) in _timing.interleaved(fns, iters).items()}
 
 
 def stream_bandwidth():
     """GB/s of an in-place a += b over 64 MiB arrays (12 bytes moved per element)."""
     a, b = torch.ones(16 << 20), torch.ones(16 << 20)
-    t = timed(lambda: a.add_(b), 10)
+    t = _timing.best(lambda: a.add_(b), 10) * 1e3
     return 12 * a.numel() / (t * 1e-3) / 1e9
 
 

@@ -5,8 +5,8 @@ mixed sizes (64 .. 1024x1024, ~9M elements), (c) a small MLP (1.3M elements in
 8 tensors) where per-step Python overhead shows. LAMB has no torch fused
 peer: it is compared with a torch._foreach implementation written here.
 
-Ours and the peer step alternately, round by round, so that a noisy phase of a
-shared machine slows both alike; times are the minimum over the rounds (the
+Ours and the peer step in turns, round by round (benchmarks/_timing.py), so
+that a noisy phase of a shared machine slows both alike; times are the minimum over the rounds (the
 steadier estimate of each code's own cost there) and ratios use them.
 The bound: an in-place add (a.add_(b), 12 B/element) over as many elements as
 the case takes its turn in the same rounds ("add_ GB/s"); "of bound" is our
@@ -16,31 +16,15 @@ table (best of an in-place add and a triad on 128 MiB arrays) is for reference.
     python benchmarks/optim_step.py [--steps 15] [--only adam,sgd]
 """
 import argparse
-import statistics
-import time
 
 import torch
 
+import _timing  # benchmarks/_timing.py
 import ipex_train
 
 
-def interleaved(fns, steps, warmup=3):
-    """Runs every fn once per round, alternating the order each round, so a
-    noisy phase of a shared machine slows all of them alike. Returns each fn's
-    (minimum, median) seconds over the rounds."""
-    ts = [[] for _ in fns]
-    for r in range(warmup + steps):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
-            t0 = time.perf_counter()
-            fns[i]()
-            if r >= warmup:
-                ts[i].append(time.perf_counter() - t0)
-    return [(min(v), statistics.median(v)) for v in ts]
-
-
 def timeit(fn, steps):
-    return interleaved([fn], steps)[0][0]
+    return _timing.best(fn, steps, warmup=3)
 
 
 def bandwidth_gbs(steps):
@@ -142,8 +126,9 @@ def main():
             o_ours, o_peer = ours(params_for(shapes)), peer(params_for(shapes))
             # the bound's probe takes its turn in the same rounds, on as many elements
             a, b = torch.rand(n), torch.rand(n)
-            (t_ours, _), (t_peer, _), (t_add, _) = interleaved(
-                [o_ours.step, o_peer.step, lambda: a.add_(b)], args.steps)
+            res = _timing.interleaved({"ours": lambda r: o_ours.step(), "peer": lambda r: o_peer.step(),
+                                       "add": lambda r: a.add_(b)}, args.steps)
+            t_ours, t_peer, t_add = res["ours"][0], res["peer"][0], res["add"][0]
             del o_ours, o_peer, a, b
             case_bw = 12 * n / t_add / 1e9
             gbs = bpe * n / t_ours / 1e9
