@@ -65,7 +65,7 @@ def worker(args):
     os.environ["IPEX_TRAIN_CCL_LOCAL"] = "0"  # read when a ccl group is created
     via_oneccl = dist.new_group(backend="ccl")
     del os.environ["IPEX_TRAIN_CCL_LOCAL"]
-    path = dist.group.WORLD._get_backend(torch.device("cpu")).alltoall_path
+    path = dist.group.WORLD._get_backend(torch.device("cpu")).transfer_path
     sizes = []
     s = 4 * 1024
     while s <= args.max_mib * 2 ** 20:
@@ -102,7 +102,7 @@ def worker(args):
         print(f"# 2 ranks, oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
               f"CCL_ALLREDUCE={os.environ.get('CCL_ALLREDUCE', '(oneCCL default)')}, "
-              f"ccl all-to-all path: {path}")
+              f"ccl data-movement path: {path}")
         print(f"{'op':<23}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
               f"{'gloo GB/s':>10}{'gloo/ccl':>9}{'oneCCL ms':>11}")
         for op, nbytes, tc, tg, to, f in rows:

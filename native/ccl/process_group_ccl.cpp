@@ -343,7 +343,7 @@ class ProcessGroupCCL : public c10d::Backend {
   bool aborted() const { return aborted_.load(); }
   // "local" when all-to-all, all-gather and broadcast move bytes by direct
   // reads between the ranks of this host, else "oneccl (why)".
-  std::string alltoall_path() const {
+  std::string transfer_path() const {
     return local_->enabled() ? "local" : "oneccl (" + local_->reason() + ")";
   }
 
@@ -1269,7 +1269,7 @@ PYBIND11_MODULE(_ccl, m) {
            }),
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_s"))
       .def_property_readonly("aborted", &ProcessGroupCCL::aborted)
-      .def_property_readonly("alltoall_path", &ProcessGroupCCL::alltoall_path,
+      .def_property_readonly("transfer_path", &ProcessGroupCCL::transfer_path,
                              "\"local\" (direct reads between this host's ranks) or "
                              "\"oneccl (why not local)\"");
   m.def("any_aborted", [] { return ipex_train::g_any_aborted.load(); },

@@ -33,7 +33,7 @@ class Checker:
     def __init__(self, rank, world, gloo):
         self.rank, self.world, self.gloo = rank, world, gloo
         self.checks, self.failures, self.gloo_skips = 0, [], []
-        self.path = ""  # the ccl group's alltoall_path
+        self.path = ""  # the ccl group's transfer_path
 
     def inp(self, case, rank, shape, dtype, exact=True):
         g = torch.Generator().manual_seed(zlib.crc32(repr((case, rank)).encode()))
@@ -399,7 +399,7 @@ def main():
     assert dist.get_backend() == "ccl"
     gloo = dist.new_group(backend="gloo")
     c = Checker(rank, world, gloo)
-    c.path = dist.group.WORLD._get_backend(torch.device("cpu")).alltoall_path
+    c.path = dist.group.WORLD._get_backend(torch.device("cpu")).transfer_path
     dtypes = DTYPES
     if os.environ.get("IPT_TEST_DTYPES"):
         dtypes = [getattr(torch, d) for d in os.environ["IPT_TEST_DTYPES"].split(",")]
@@ -411,7 +411,7 @@ def main():
     dist.barrier()
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump({"rank": rank, "world": world, "checks": c.checks, "failures": c.failures,
-                   "gloo_skips": c.gloo_skips, "alltoall_path": c.path}, f, indent=1)
+                   "gloo_skips": c.gloo_skips, "transfer_path": c.path}, f, indent=1)
     dist.destroy_process_group()
 
 

@@ -21,7 +21,7 @@ def _check(p, out_dir, world, path=None, min_checks=1000):
         path = "local" if cma_between_siblings() else "oneccl (rank"
     for r in results(out_dir, world):
         assert r["world"] == world
-        assert r["alltoall_path"].startswith(path), r["alltoall_path"]
+        assert r["transfer_path"].startswith(path), r["transfer_path"]
         assert r["checks"] > min_checks, r["checks"]
         assert not r["failures"], "\n".join(r["failures"][:20])
 
@@ -40,7 +40,7 @@ def test_collectives_ipex_train_run_3_ranks(tmp_path):
     _check(p, tmp_path, 3)
 
 
-def test_collectives_oneccl_alltoall_path(tmp_path):
+def test_collectives_oneccl_transfer_path(tmp_path):
     """All-to-all, gather and scatter through oneCCL's alltoallv, as where the
     ranks cannot read each other's memory (IPEX_TRAIN_CCL_LOCAL=0 forces it)."""
     need_ccl()
