@@ -117,6 +117,11 @@ IPT_INLINE void add_split_row(uint16_t* __restrict__ top, uint16_t* __restrict__
   }
 }
 
+// Multiplier of an entry's gradient row (1 when there is none).
+IPT_INLINE float entry_scale(const EmbGrad& g, const EmbEntry& en) {
+  return g.scale ? g.scale[en.e] : g.src_scale ? g.src_scale[en.src] : 1.0f;
+}
+
 IPT_INLINE const void* grad_row(const EmbGrad& g, int64_t src) {
   return static_cast<const char*>(g.data) + src * g.ld * (g.bf16 ? 2 : 4);
 }
@@ -211,7 +216,7 @@ void bucket_add(const EmbTable& t, const EmbGrad& g, float alpha, const EmbEntry
     }
     const EmbEntry& en = ents[k];
     const int64_t r = en.row;
-    const float sc = g.scale ? alpha * g.scale[en.e] : alpha;
+    const float sc = alpha * entry_scale(g, en);
     const void* src = grad_row(g, en.src);
     if (t.fp32) {
       accumulate_any(false, g.bf16, t.fp32 + r * d, src, sc, d);
@@ -240,11 +245,10 @@ void bucket_update(const EmbHyper& h, const EmbTable& t, const EmbGrad& g, const
   constexpr int64_t kSrcAhead = 8;
   for (int64_t k = 0; k < n; ++k) {
     if (k + kSrcAhead < n) prefetch_src(g, ents[k + kSrcAhead].src, d);
-    const int64_t e = ents[k].e;
     const int64_t r = ents[k].row;
     uint64_t hsh = (hash_row(r) >> 20) & mask;
     while (s.keys[hsh] != -1 && s.keys[hsh] != r) hsh = (hsh + 1) & mask;
-    const float sc = g.scale ? g.scale[e] : 1.0f;
+    const float sc = entry_scale(g, ents[k]);
     const bool fresh = s.keys[hsh] == -1;
     if (fresh) {
       s.keys[hsh] = r;

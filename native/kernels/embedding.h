@@ -3,9 +3,12 @@
 // Vocabulary: a *table* is a 2-D tensor [rows, dim] (an embedding table, or any
 // parameter viewed as rows). An *entry* is one lookup / one sparse-gradient row:
 // entry e touches table row idx[e]. Its gradient row lives at
-//     grad.data + src(e) * grad.ld,   src(e) = grad.bag ? grad.bag[e] : e
-// and is multiplied by grad.scale[e] (per-sample weight or 1/bag size) when
-// grad.scale is set.
+//     grad.data + src(e) * grad.ld
+// where src(e) = e for a sparse gradient (one values row per entry) and the
+// entry's bag for an embedding-bag backward (one grad_output row per bag); the
+// sort records src(e) with the entry (EmbEntry). The row is multiplied by
+// grad.scale[e] (per-sample weight) or grad.src_scale[src(e)] (mode mean:
+// 1 / bag size) when either is set.
 //
 // Threads never share a row: the ops layer sorts the entries into buckets by
 // a hash of their row (a stable counting sort: within a bucket, entries keep
@@ -45,9 +48,9 @@ struct EmbIndex {
 struct EmbGrad {
   const void* data;  // fp32 or bf16 bits
   bool bf16;
-  int64_t ld;           // elements between consecutive source rows
-  const int32_t* bag;   // nullable: source row = bag[e], else e
-  const float* scale;   // nullable: multiply by scale[e]
+  int64_t ld;              // elements between consecutive source rows
+  const float* scale;      // nullable: multiply entry e by scale[e]
+  const float* src_scale;  // nullable: multiply entry e by src_scale[src(e)]
 };
 
 // One entry in bucket order: table row, gradient source row (see above) and

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -145,13 +146,42 @@ struct Work {
   EmbIndex in;
   EmbGrad g;
   int64_t nnz;
+  // Bag starts [B + 1] when the gradient has one row per bag (src(e) = the
+  // entry's bag); nullptr: one row per entry (src(e) = e).
+  const int64_t* bag_start = nullptr;
+  int64_t bags = 0;
   int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
   int64_t nbuckets;
-  std::vector<EmbEntry> perm;    // entries in bucket order
-  std::vector<int64_t> bstart;   // [nbuckets + 1]
+  EmbEntry* perm = nullptr;     // entries in bucket order (in entry_buffer)
+  std::vector<int64_t> bstart;  // [nbuckets + 1]
 };
 
+// The sorted entries of one op call, all works together, in a buffer kept by
+// the calling thread and reused: no allocation, zero-fill or page faults per
+// call (zero-filling a fresh 1 MiB buffer took 0.12-0.2 ms of a 4 ms step
+// here). It keeps the size of the largest call the thread has made.
+// By the time of the next call the buffer has left the caches, and the scatter
+// writes it through one stream per bucket, which the hardware prefetchers do not
+// follow: every write then waited for its line (scatter 0.45-0.5 ms for 64K
+// entries). So the scatter prefetches each stream two lines ahead of its writes
+// (0.16-0.2 ms).
+EmbEntry* entry_buffer(int64_t n) {
+  static thread_local std::unique_ptr<EmbEntry[]> buf;
+  static thread_local int64_t cap = 0;
+  if (n > cap) {
+    buf.reset(new EmbEntry[n]);  // trivial type: left uninitialised
+    cap = n;
+  }
+  return buf.get();
+}
+
 constexpr int64_t kEntryChunk = 1 << 13;
+
+// Prefetch for writing the entry slot two cache lines after `dst` (address
+// arithmetic only: the slot may lie past the buffer; a prefetch never faults).
+__attribute__((always_inline)) inline void prefetch_store_stream(const EmbEntry* dst) {
+  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(dst) + 128), 1);
+}
 
 inline int64_t idx_at(const EmbIndex& in, int64_t e) {
   return in.idx64 ? static_cast<const int64_t*>(in.idx)[e] : static_cast<const int32_t*>(in.idx)[e];
@@ -195,14 +225,18 @@ void sort_entries(std::vector<Work>& works) {
       Work& w = works[t];
       std::vector<int64_t>& h = hist[c];
       h.assign(w.nbuckets, 0);
+      int64_t* const count = h.data();
+      const EmbIndex in = w.in;
+      const uint64_t rows = static_cast<uint64_t>(w.t.rows);
+      const int shift = w.shift;
       const int64_t end = std::min(w.nnz, begin + kEntryChunk);
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t r = idx_at(w.in, i);
-        if (static_cast<uint64_t>(r) >= static_cast<uint64_t>(w.t.rows)) {
+        const int64_t r = idx_at(in, i);
+        if (static_cast<uint64_t>(r) >= rows) {
           bad[c] = std::min(bad[c], i);
           continue;
         }
-        if (r != w.in.padding_idx) ++h[bucket_of(r, w.shift)];
+        if (r != in.padding_idx) ++count[bucket_of(r, shift)];
       }
     }
   });
@@ -224,7 +258,13 @@ void sort_entries(std::vector<Work>& works) {
       }
     }
     w.bstart[w.nbuckets] = pos;
-    w.perm.resize(pos);
+  }
+  int64_t total = 0;
+  for (const Work& w : works) total += w.bstart.back();
+  EmbEntry* buf = entry_buffer(total);
+  for (Work& w : works) {
+    w.perm = buf;
+    buf += w.bstart.back();
   }
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) {
@@ -232,11 +272,32 @@ void sort_entries(std::vector<Work>& works) {
       Work& w = works[t];
       std::vector<int64_t>& h = hist[c];
       const int64_t end = std::min(w.nnz, begin + kEntryChunk);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r = idx_at(w.in, i);
-        if (r == w.in.padding_idx) continue;
-        const int32_t e = static_cast<int32_t>(i);
-        w.perm[h[bucket_of(r, w.shift)]++] = EmbEntry{r, w.g.bag ? w.g.bag[i] : e, e};
+      int64_t* const pos = h.data();
+      EmbEntry* const out = w.perm;
+      const EmbIndex in = w.in;
+      const int shift = w.shift;
+      if (w.bag_start) {
+        // bag of entry `begin`: the last bag starting at or before it (earlier
+        // bags with the same start are empty); then advance with i
+        const int64_t* st = w.bag_start;
+        int64_t b = std::upper_bound(st, st + w.bags + 1, begin) - st - 1;
+        for (int64_t i = begin; i < end; ++i) {
+          while (st[b + 1] <= i) ++b;
+          const int64_t r = idx_at(in, i);
+          if (r == in.padding_idx) continue;
+          EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+          *dst = EmbEntry{r, static_cast<int32_t>(b), static_cast<int32_t>(i)};
+          prefetch_store_stream(dst);
+        }
+      } else {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t r = idx_at(in, i);
+          if (r == in.padding_idx) continue;
+          const int32_t e = static_cast<int32_t>(i);
+          EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+          *dst = EmbEntry{r, e, e};
+          prefetch_store_stream(dst);
+        }
       }
     }
   });
@@ -253,7 +314,7 @@ void for_each_bucket(std::vector<Work>& works, Fn&& fn) {
     for (int64_t i = b; i < e; ++i) {
       Work& w = works[items[i].first];
       const int64_t p = items[i].second;
-      fn(w, w.perm.data() + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
+      fn(w, w.perm + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
     }
   });
 }
@@ -471,25 +532,19 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
                         grad_output.size(1) == s.col.back(),
                     op, ": grad_output has shape ", grad_output.sizes(), ", expected [", s.batch,
                     ", ", s.col.back(), "]");
-  // Per-entry source bag and scale (per-sample weight, or 1/bag size for mean).
-  std::vector<std::vector<int32_t>> bag(T);
-  std::vector<std::vector<float>> scale(T);
-  for (size_t t = 0; t < T; ++t) {
-    bag[t].resize(indices[t].numel());
-    if (mean) scale[t].resize(indices[t].numel());
-  }
-  for_each_bag_block(s, [&](int64_t t, int64_t b0, int64_t b1) {
-    const std::vector<int64_t>& st = s.starts[t];
-    for (int64_t b = b0; b < b1; ++b) {
-      for (int64_t e = st[b]; e < st[b + 1]; ++e) bag[t][e] = static_cast<int32_t>(b);
-      if (mean) {
+  // mode mean: each bag's gradient row is scaled by 1 / (its non-padding entries).
+  std::vector<std::vector<float>> bag_scale(mean ? T : 0);
+  if (mean) {
+    for (size_t t = 0; t < T; ++t) bag_scale[t].resize(s.batch);
+    for_each_bag_block(s, [&](int64_t t, int64_t b0, int64_t b1) {
+      const std::vector<int64_t>& st = s.starts[t];
+      for (int64_t b = b0; b < b1; ++b) {
         int64_t count = 0;
         for (int64_t e = st[b]; e < st[b + 1]; ++e) count += idx_at(s.index[t], e) != s.index[t].padding_idx;
-        const float inv = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
-        for (int64_t e = st[b]; e < st[b + 1]; ++e) scale[t][e] = inv;
+        bag_scale[t][b] = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
       }
-    }
-  });
+    });
+  }
   std::vector<Work> works(T);
   const char* go = static_cast<const char*>(grad_output.data_ptr());
   for (size_t t = 0; t < T; ++t) {
@@ -499,8 +554,10 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
     w.t = s.tables[t];
     w.in = s.index[t];
     w.nnz = indices[t].numel();
-    const float* sc = mean ? scale[t].data() : s.psw[t];
-    w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), bag[t].data(), sc};
+    w.bag_start = s.starts[t].data();
+    w.bags = s.batch;
+    w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), s.psw[t],
+                  mean ? bag_scale[t].data() : nullptr};
   }
   sort_entries(works);
   if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
