@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <optional>
@@ -137,6 +138,20 @@ std::vector<int64_t> bag_starts(const char* op, const at::Tensor& off, const std
   return s;
 }
 
+// Runs fn(i) for every i in [0, n) on torch's threads, each thread taking the
+// next unclaimed i. The items here are memory-bound, and on a shared machine
+// equal items do not take equal times: with fixed halves (at::parallel_for),
+// one thread often sat idle at the end of every phase. Which thread runs an
+// item never changes its result.
+template <class Fn>
+void parallel_each(int64_t n, Fn&& fn) {
+  if (n <= 0) return;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(i);
+  });
+}
+
 // ---- bucketing: stable counting sort of entry ids by hash(row) -----------------
 
 struct Work {
@@ -219,25 +234,23 @@ void sort_entries(std::vector<Work>& works) {
     size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
     return std::make_pair(t, (c - first_chunk[t]) * kEntryChunk);
   };
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      auto [t, begin] = locate(c);
-      Work& w = works[t];
-      std::vector<int64_t>& h = hist[c];
-      h.assign(w.nbuckets, 0);
-      int64_t* const count = h.data();
-      const EmbIndex in = w.in;
-      const uint64_t rows = static_cast<uint64_t>(w.t.rows);
-      const int shift = w.shift;
-      const int64_t end = std::min(w.nnz, begin + kEntryChunk);
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r = idx_at(in, i);
-        if (static_cast<uint64_t>(r) >= rows) {
-          bad[c] = std::min(bad[c], i);
-          continue;
-        }
-        if (r != in.padding_idx) ++count[bucket_of(r, shift)];
+  parallel_each(chunks, [&](int64_t c) {
+    auto [t, begin] = locate(c);
+    Work& w = works[t];
+    std::vector<int64_t>& h = hist[c];
+    h.assign(w.nbuckets, 0);
+    int64_t* const count = h.data();
+    const EmbIndex in = w.in;
+    const uint64_t rows = static_cast<uint64_t>(w.t.rows);
+    const int shift = w.shift;
+    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = idx_at(in, i);
+      if (static_cast<uint64_t>(r) >= rows) {
+        bad[c] = std::min(bad[c], i);
+        continue;
       }
+      if (r != in.padding_idx) ++count[bucket_of(r, shift)];
     }
   });
   for (size_t t = 0; t < works.size(); ++t)
@@ -266,38 +279,36 @@ void sort_entries(std::vector<Work>& works) {
     w.perm = buf;
     buf += w.bstart.back();
   }
-  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) {
-      auto [t, begin] = locate(c);
-      Work& w = works[t];
-      std::vector<int64_t>& h = hist[c];
-      const int64_t end = std::min(w.nnz, begin + kEntryChunk);
-      int64_t* const pos = h.data();
-      EmbEntry* const out = w.perm;
-      const EmbIndex in = w.in;
-      const int shift = w.shift;
-      if (w.bag_start) {
-        // bag of entry `begin`: the last bag starting at or before it (earlier
-        // bags with the same start are empty); then advance with i
-        const int64_t* st = w.bag_start;
-        int64_t b = std::upper_bound(st, st + w.bags + 1, begin) - st - 1;
-        for (int64_t i = begin; i < end; ++i) {
-          while (st[b + 1] <= i) ++b;
-          const int64_t r = idx_at(in, i);
-          if (r == in.padding_idx) continue;
-          EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
-          *dst = EmbEntry{r, static_cast<int32_t>(b), static_cast<int32_t>(i)};
-          prefetch_store_stream(dst);
-        }
-      } else {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t r = idx_at(in, i);
-          if (r == in.padding_idx) continue;
-          const int32_t e = static_cast<int32_t>(i);
-          EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
-          *dst = EmbEntry{r, e, e};
-          prefetch_store_stream(dst);
-        }
+  parallel_each(chunks, [&](int64_t c) {
+    auto [t, begin] = locate(c);
+    Work& w = works[t];
+    std::vector<int64_t>& h = hist[c];
+    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+    int64_t* const pos = h.data();
+    EmbEntry* const out = w.perm;
+    const EmbIndex in = w.in;
+    const int shift = w.shift;
+    if (w.bag_start) {
+      // bag of entry `begin`: the last bag starting at or before it (earlier
+      // bags with the same start are empty); then advance with i
+      const int64_t* st = w.bag_start;
+      int64_t b = std::upper_bound(st, st + w.bags + 1, begin) - st - 1;
+      for (int64_t i = begin; i < end; ++i) {
+        while (st[b + 1] <= i) ++b;
+        const int64_t r = idx_at(in, i);
+        if (r == in.padding_idx) continue;
+        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+        *dst = EmbEntry{r, static_cast<int32_t>(b), static_cast<int32_t>(i)};
+        prefetch_store_stream(dst);
+      }
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = idx_at(in, i);
+        if (r == in.padding_idx) continue;
+        const int32_t e = static_cast<int32_t>(i);
+        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+        *dst = EmbEntry{r, e, e};
+        prefetch_store_stream(dst);
       }
     }
   });
@@ -310,12 +321,10 @@ void for_each_bucket(std::vector<Work>& works, Fn&& fn) {
   for (size_t t = 0; t < works.size(); ++t)
     for (int64_t p = 0; p < works[t].nbuckets; ++p)
       if (works[t].bstart[p + 1] > works[t].bstart[p]) items.emplace_back(t, p);
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      Work& w = works[items[i].first];
-      const int64_t p = items[i].second;
-      fn(w, w.perm + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
-    }
+  parallel_each(static_cast<int64_t>(items.size()), [&](int64_t i) {
+    Work& w = works[items[i].first];
+    const int64_t p = items[i].second;
+    fn(w, w.perm + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
   });
 }
 
@@ -467,11 +476,9 @@ template <class Fn>
 void for_each_bag_block(const BagSet& s, Fn&& fn) {
   const int64_t per = (s.batch + kBagBlock - 1) / kBagBlock;
   const int64_t total = per * static_cast<int64_t>(s.tables.size());
-  at::parallel_for(0, total, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t t = i / per, b0 = (i % per) * kBagBlock;
-      fn(t, b0, std::min(s.batch, b0 + kBagBlock));
-    }
+  parallel_each(total, [&](int64_t i) {
+    const int64_t t = i / per, b0 = (i % per) * kBagBlock;
+    fn(t, b0, std::min(s.batch, b0 + kBagBlock));
   });
 }
 
