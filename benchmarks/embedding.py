@@ -6,7 +6,8 @@ Zipf-distributed (hot rows scattered over the table). Times one
 forward + backward + update (8 distinct batches in turn), plus sparse_add_
 alone against weight.add_(grad) on the same sparse gradient (a plain
 torch-allocated table, as a user's would be), and a lower bound from the bytes
-the step must touch at the measured stream bandwidth.
+the step must touch at the measured stream bandwidth, and a floor measured by
+bare C++ loops that do only the step's random row traffic (row_traffic.cpp).
 All variants run round-robin, one step each per round, so that a noisy phase of
 a shared machine slows them alike; each is reported as the minimum over the
 rounds (the median beside it) and ratios use the minima. Row-wise Adagrad is
@@ -17,7 +18,11 @@ compared with FBGEMM's only (torch has no such optimizer).
 import argparse
 import gc
 import itertools
+import os
+import pathlib
+import shutil
 import statistics
+import subprocess
 
 import numpy as np
 import torch
@@ -60,6 +65,28 @@ def stream_bandwidth():
     a, b = torch.ones(16 << 20), torch.ones(16 << 20)
     t = _timing.best(lambda: a.add_(b), 10) * 1e3
     return 12 * a.numel() / (t * 1e-3) / 1e9
+
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def row_traffic_floor(rows, dim, bags, per_bag, rounds):
+    """(forward ms, update ms) of benchmarks/row_traffic.cpp: bare loops doing only
+    the fused step's table traffic (uniform rows), built here on first use, run in
+    its own process with torch's thread count. None if no C++ compiler."""
+    cxx = shutil.which(os.environ.get("CXX", "g++"))
+    if cxx is None:
+        return None
+    src = HERE / "row_traffic.cpp"
+    exe = HERE.parent / "build" / "benchmarks" / "row_traffic"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        exe.parent.mkdir(parents=True, exist_ok=True)
+        isa = [] if ipex_train.isa() == "scalar" else ["-mavx2", "-mfma"]
+        subprocess.run([cxx, "-O3", *isa, "-fopenmp", str(src), "-o", str(exe)], check=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    out = subprocess.run([str(exe), str(rows), str(dim), str(bags), str(per_bag), str(rounds)],
+                         env=env, check=True, capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1])
 
 
 def torch_step(rows, dim, lr):
@@ -163,8 +190,13 @@ def main():
                 if opt == "sgd":
                     variants[f"ours_fwd_{dt}"] = (forward_only(emb), data)
                 keep.append(emb)
+        # the floor runs just before and just after the variants (same phase of the
+        # machine as far as possible); the faster of the two is used
+        floors = [row_traffic_floor(R, D, B, L, args.iters)] if kind == "uniform" else []
         res = interleaved(variants, args.iters)
         t = {k: v[0] for k, v in res.items()}
+        if floors and floors[0] is not None:
+            floors.append(row_traffic_floor(R, D, B, L, args.iters))
 
         def show(k):
             return f"{res[k][0]:.2f} ms ({res[k][1]:.2f})"
@@ -192,6 +224,13 @@ def main():
               f"({t['add_torch'] / t['add_ours']:.1f}x)")
         print(f"bound (fp32 SGD step, {fp32_bytes / 1e6:.1f} MB at stream bandwidth): {bound:.2f} ms; "
               f"ours fp32 sgd at {bound / t[f'ours_sgd_{f32}'] * 100:.0f}% of it")
+        if floors and floors[0] is not None:
+            fwd, upd = min(f[0] for f in floors), min(f[1] for f in floors)
+            print(f"floor (benchmarks/row_traffic.cpp: bare loops, the step's row traffic only, "
+                  f"no sort / checks / autograd): forward {fwd:.2f} + update {upd:.2f} = "
+                  f"{fwd + upd:.2f} ms; (a) / floor = {t['torch'] / (fwd + upd):.1f}x, the most "
+                  f"any fused step could gain over (a) here; ours fp32 sgd at "
+                  f"{(fwd + upd) / t[f'ours_sgd_{f32}'] * 100:.0f}% of the floor's speed")
         del variants, keep, res
         gc.collect()
 

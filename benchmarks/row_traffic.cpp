@@ -1,0 +1,142 @@
+// The memory floor of a fused embedding training step on this machine: bare
+// loops that do only the step's table traffic, nothing else (no sort, no
+// argument checks, no autograd, no Python). benchmarks/embedding.py builds and
+// runs it next to the real variants and prints its figure as the bound.
+//
+//   forward: pool every lookup's row into its bag's sum (bag order, rows
+//            prefetched ahead, as emb_forward does)
+//   update : row += -lr * grad_row(bag) for every lookup, in lookup order, on
+//            the batch the forward just read (rows prefetched for writing)
+//
+// Uniform random rows over a table on transparent huge pages, one new batch per
+// round out of 16 (a batch's rows have left the caches when it comes back).
+// Threads: OpenMP (OMP_NUM_THREADS), each taking the next block of whole bags.
+// The update lets two threads meet on a row that occurs twice in a batch (~3%
+// of lookups here): harmless for a timing, and no part of ipex_train does it.
+//
+//   g++ -O3 -mavx2 -mfma -fopenmp row_traffic.cpp -o row_traffic
+//   ./row_traffic ROWS DIM BAGS PER_BAG ROUNDS   -> "forward_ms update_ms" (minima)
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kAhead = 8;  // rows prefetched ahead
+
+// fn(first bag, end bag) over blocks of about 1024 lookups, each thread taking
+// the next block.
+template <class Fn>
+void each_block(int64_t bags, int64_t per_bag, Fn&& fn) {
+  const int64_t step = std::max<int64_t>(1, 1024 / per_bag);
+  const int64_t blocks = (bags + step - 1) / step;
+  std::atomic<int64_t> next{0};
+#pragma omp parallel
+  for (int64_t b; (b = next.fetch_add(1)) < blocks;) fn(b * step, std::min(bags, (b + 1) * step));
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// One forward and one update per round (the batch the forward read); minima
+// after two warm-up rounds. kDim: the row width as a constant (0: use dim), as
+// the ipex_train kernels are compiled for the common widths.
+template <int64_t kDim>
+void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int64_t>>& idx,
+                 int64_t bags, int64_t per_bag, int64_t rounds, float* pooled, const float* grad,
+                 double* best_fwd, double* best_upd) {
+  const int64_t dim = kDim ? kDim : dim_rt;
+  const int64_t batches = static_cast<int64_t>(idx.size());
+  for (int64_t round = 0; round < rounds + 2; ++round) {
+    const int64_t* ix = idx[round % batches].data();
+    auto t0 = std::chrono::steady_clock::now();
+    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
+      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
+      for (int64_t e = e0; e < e1; ++e) {
+        if (e + kAhead < e1) {
+          const char* p = reinterpret_cast<const char*>(table + ix[e + kAhead] * dim);
+          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x);
+        }
+        const float* __restrict__ row = table + ix[e] * dim;
+        float* __restrict__ acc = pooled + (e / per_bag) * dim;
+        for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
+      }
+    });
+    const double fwd = ms_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
+      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
+      for (int64_t e = e0; e < e1; ++e) {
+        if (e + kAhead < e1) {
+          const char* p = reinterpret_cast<const char*>(table + ix[e + kAhead] * dim);
+          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x, 1);
+        }
+        float* __restrict__ row = table + ix[e] * dim;
+        const float* __restrict__ g = grad + (e / per_bag) * dim;
+        for (int64_t j = 0; j < dim; ++j) row[j] += -0.01f * g[j];
+      }
+    });
+    const double upd = ms_since(t0);
+    if (round >= 2) {
+      *best_fwd = std::min(*best_fwd, fwd);
+      *best_upd = std::min(*best_upd, upd);
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 6) {
+    std::fprintf(stderr, "usage: %s ROWS DIM BAGS PER_BAG ROUNDS\n", argv[0]);
+    return 2;
+  }
+  const int64_t rows = std::atoll(argv[1]), dim = std::atoll(argv[2]), bags = std::atoll(argv[3]);
+  const int64_t per_bag = std::atoll(argv[4]), rounds = std::atoll(argv[5]);
+  const int64_t n = bags * per_bag, batches = 16;  // n lookups per batch
+  if (rows < 1 || dim < 1 || bags < 1 || per_bag < 1 || rounds < 1) {
+    std::fprintf(stderr, "all arguments must be positive\n");
+    return 2;
+  }
+  const size_t huge = size_t{2} << 20;
+  const size_t bytes = (static_cast<size_t>(rows * dim) * 4 + huge - 1) / huge * huge;
+  float* table = static_cast<float*>(std::aligned_alloc(huge, bytes));
+  if (!table) return 1;
+  madvise(table, bytes, MADV_HUGEPAGE);
+  std::mt19937_64 rng(0);
+  std::normal_distribution<float> normal;
+  for (int64_t i = 0; i < rows * dim; ++i) table[i] = normal(rng);
+  std::vector<std::vector<int64_t>> idx(batches, std::vector<int64_t>(n));
+  for (auto& b : idx)
+    for (auto& r : b) r = static_cast<int64_t>(rng() % static_cast<uint64_t>(rows));
+  std::vector<float> pooled(bags * dim), grad(bags * dim, 1e-3f);
+  double best_fwd = 1e30, best_upd = 1e30;
+  auto run = [&](auto width) {
+    constexpr int64_t kDim = decltype(width)::value;
+    time_rounds<kDim>(table, dim, idx, bags, per_bag, rounds, pooled.data(), grad.data(), &best_fwd,
+                      &best_upd);
+  };
+  switch (dim) {
+    case 16: run(std::integral_constant<int64_t, 16>{}); break;
+    case 32: run(std::integral_constant<int64_t, 32>{}); break;
+    case 64: run(std::integral_constant<int64_t, 64>{}); break;
+    case 128: run(std::integral_constant<int64_t, 128>{}); break;
+    default: run(std::integral_constant<int64_t, 0>{});
+  }
+  volatile float sink = 0;  // keeps the pooled sums (and so the forward) live
+  for (float v : pooled) sink = sink + v;
+  std::printf("%.4f %.4f\n", best_fwd, best_upd);
+  std::free(table);
+  return 0;
+}
