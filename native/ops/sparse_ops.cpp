@@ -206,11 +206,16 @@ inline int64_t bucket_of(int64_t r, int shift) {
   return shift >= 64 ? 0 : static_cast<int64_t>((static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull) >> shift);
 }
 
-void plan_buckets(Work& w) {
-  // Enough buckets for every thread, and small enough that one bucket's per-row
-  // sums (entries x dim floats) stay in the L2 cache. Results do not depend on it.
+// row_sums: the kernel sums each row's entries per bucket (emb_bucket_update).
+void plan_buckets(Work& w, bool row_sums) {
+  // Enough buckets for every thread; with row_sums, also small enough that one
+  // bucket's per-row sums (entries x dim floats) stay in the L2 cache. Without,
+  // fewer and larger buckets are better: within a bucket the gradient source
+  // rows run in increasing order, closer together the fewer the buckets (64K-entry
+  // SGD backward and sparse_add_ 10-20% faster with 16 buckets than with 64).
+  // Results do not depend on the bucket count.
   const int64_t threads = at::get_num_threads();
-  const int64_t by_cache = w.nnz * std::max<int64_t>(w.t.dim, 1) * 4 / (256 << 10);
+  const int64_t by_cache = row_sums ? w.nnz * std::max<int64_t>(w.t.dim, 1) * 4 / (256 << 10) : 0;
   const int64_t want = std::min<int64_t>(4096, std::max(by_cache, std::min<int64_t>(w.nnz / 1024, 8 * threads)));
   int lg = 0;
   while ((int64_t{1} << (lg + 1)) <= want) ++lg;
@@ -221,10 +226,10 @@ void plan_buckets(Work& w) {
 // Sorts the entries of every work item (padding rows dropped) into buckets,
 // and checks on the way that every row id is in range (raising before any
 // kernel writes; see check_index).
-void sort_entries(std::vector<Work>& works) {
+void sort_entries(std::vector<Work>& works, bool row_sums) {
   std::vector<int64_t> first_chunk(works.size() + 1, 0);
   for (size_t i = 0; i < works.size(); ++i) {
-    plan_buckets(works[i]);
+    plan_buckets(works[i], row_sums);
     first_chunk[i + 1] = first_chunk[i] + (works[i].nnz + kEntryChunk - 1) / kEntryChunk;
   }
   const int64_t chunks = first_chunk.back();
@@ -362,7 +367,7 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   w.nnz = indices.numel();
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
-  sort_entries(works);  // also checks the row ids
+  sort_entries(works, /*row_sums=*/false);  // also checks the row ids
   if (w.t.dim == 0) return;
   const float a = static_cast<float>(alpha);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
@@ -401,7 +406,7 @@ void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& tra
   w.nnz = indices->numel();
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
-  sort_entries(works);
+  sort_entries(works, /*row_sums=*/true);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, n);
   });
@@ -566,7 +571,7 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
     w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), s.psw[t],
                   mean ? bag_scale[t].data() : nullptr};
   }
-  sort_entries(works);
+  sort_entries(works, /*row_sums=*/kind != kEmbSgd);
   if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
     const float alpha = maximize ? h.lr : -h.lr;
     for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
