@@ -302,6 +302,32 @@ def test_per_sample_weight_grads_match_torch():
     torch.testing.assert_close(psw.grad, psw_ref.grad)
 
 
+def test_backward_refuses_changed_inputs_and_a_second_run():
+    """Indices and offsets are not autograd inputs (they ride along with the
+    forward), so the module checks their version counters itself: an in-place
+    change between forward and backward raises and the table stays as it was.
+    A second backward through the same forward raises too (it would apply the
+    update twice)."""
+    torch.manual_seed(0)
+    m = FusedEmbeddingBagCollection([(30, 4), (20, 3)], optimizer="sgd", lr=0.5)
+    idx = [torch.tensor([1, 2, 3]), torch.tensor([0, 19])]
+    off = [torch.tensor([0, 2]), torch.tensor([0, 1])]
+    for t, which in ((0, "indices"), (1, "offsets")):
+        snap = _snapshot(m)
+        i, o = [x.clone() for x in idx], [x.clone() for x in off]
+        out = m(i, o)
+        (i if which == "indices" else o)[t].zero_()
+        with pytest.raises(RuntimeError, match="modified in place"):
+            out.sum().backward()
+        assert _unchanged(m, snap), which
+    out = m(idx, off)
+    out.sum().backward(retain_graph=True)
+    snap = _snapshot(m)
+    with pytest.raises(RuntimeError, match="ran twice"):
+        out.sum().backward()
+    assert _unchanged(m, snap)
+
+
 def test_2d_input_no_grad_and_module_behaviour():
     torch.manual_seed(0)
     m = FusedEmbeddingBag(20, 3, mode="mean")
