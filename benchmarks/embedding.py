@@ -71,9 +71,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def row_traffic_floor(rows, dim, bags, per_bag, rounds):
-    """(forward ms, update ms) of benchmarks/row_traffic.cpp: bare loops doing only
-    the fused step's table traffic (uniform rows), built here on first use, run in
-    its own process with torch's thread count. None if no C++ compiler."""
+    """(forward ms, update ms, sparse add ms) of benchmarks/row_traffic.cpp: bare
+    loops doing only the table traffic (uniform rows), built here on first use,
+    run in its own process with torch's thread count. None if no C++ compiler."""
     cxx = shutil.which(os.environ.get("CXX", "g++"))
     if cxx is None:
         return None
@@ -86,7 +86,7 @@ def row_traffic_floor(rows, dim, bags, per_bag, rounds):
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
     out = subprocess.run([str(exe), str(rows), str(dim), str(bags), str(per_bag), str(rounds)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
-    return float(out[0]), float(out[1])
+    return tuple(float(x) for x in out[:3])
 
 
 def torch_step(rows, dim, lr):
@@ -225,12 +225,15 @@ def main():
         print(f"bound (fp32 SGD step, {fp32_bytes / 1e6:.1f} MB at stream bandwidth): {bound:.2f} ms; "
               f"ours fp32 sgd at {bound / t[f'ours_sgd_{f32}'] * 100:.0f}% of it")
         if floors and floors[0] is not None:
-            fwd, upd = min(f[0] for f in floors), min(f[1] for f in floors)
+            fwd, upd, add = (min(f[k] for f in floors) for k in range(3))
             print(f"floor (benchmarks/row_traffic.cpp: bare loops, the step's row traffic only, "
                   f"no sort / checks / autograd): forward {fwd:.2f} + update {upd:.2f} = "
                   f"{fwd + upd:.2f} ms; (a) / floor = {t['torch'] / (fwd + upd):.1f}x, the most "
                   f"any fused step could gain over (a) here; ours fp32 sgd at "
                   f"{(fwd + upd) / t[f'ours_sgd_{f32}'] * 100:.0f}% of the floor's speed")
+            print(f"floor of sparse_add_ (the same, one row += alpha * values row per lookup, in "
+                  f"order): {add:.2f} ms; add_ / floor = {t['add_torch'] / add:.1f}x; ours at "
+                  f"{add / t['add_ours'] * 100:.0f}% of the floor's speed")
         del variants, keep, res
         gc.collect()
 
