@@ -15,6 +15,9 @@ namespace {
 
 constexpr int kLanes = 16;
 
+// Helpers are always inlined, so that the row width of each kernel copy (see
+// Width below) reaches their loops as a constant; prefetch helpers must be (see
+// prefetch_row).
 #define IPT_INLINE __attribute__((always_inline)) inline
 
 // Row widths the kernels are also compiled for as constants (row loops fully
@@ -56,13 +59,12 @@ IPT_INLINE void store_row(const EmbTable& t, int64_t r, const float* buf, int64_
   for (int64_t j = 0; j < d; ++j) ipt_split(buf[j], &top[j], &trail[j]);
 }
 
-// Prefetch helpers are always_inline: GCC finds a function that only
-// prefetches to be free of side effects and deletes calls to it as dead code
-// (GCC 12 did exactly that to prefetch_row, silently). tests/test_isa.py checks
-// that the kernels keep their prefetch instructions.
-#define IPT_PREFETCH_FN __attribute__((always_inline)) inline
+// Prefetch helpers must be IPT_INLINE (always_inline): GCC finds a function
+// that only prefetches to be free of side effects and deletes calls to it as
+// dead code (GCC 12 did exactly that to prefetch_row, silently).
+// tests/test_isa.py checks that the kernels keep their prefetch instructions.
 
-IPT_PREFETCH_FN void prefetch_row(const EmbTable& t, int64_t r, int64_t d) {
+IPT_INLINE void prefetch_row(const EmbTable& t, int64_t r, int64_t d) {
   if (t.fp32) {
     const char* p = reinterpret_cast<const char*>(t.fp32 + r * d);
     for (int64_t b = 0; b < d * 4; b += 64) __builtin_prefetch(p + b, 1);
@@ -185,7 +187,7 @@ IPT_INLINE void update_row(const EmbHyper& h, const EmbTable& t, int64_t r, floa
 
 // Prefetches gradient source row src (rows of a sparse grad are read in
 // bucket order, i.e. scattered).
-IPT_PREFETCH_FN void prefetch_src(const EmbGrad& g, int64_t src, int64_t d) {
+IPT_INLINE void prefetch_src(const EmbGrad& g, int64_t src, int64_t d) {
   const char* p = static_cast<const char*>(grad_row(g, src));
   for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
 }
