@@ -167,28 +167,41 @@ struct Work {
   int64_t bags = 0;
   int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
   int64_t nbuckets;
-  EmbEntry* perm = nullptr;     // entries in bucket order (in entry_buffer)
+  EmbEntry* perm = nullptr;     // entries in bucket order (in an EntryBuffer)
   std::vector<int64_t> bstart;  // [nbuckets + 1]
 };
 
-// The sorted entries of one op call, all works together, in a buffer kept by
-// the calling thread and reused: no allocation, zero-fill or page faults per
-// call (zero-filling a fresh 1 MiB buffer took 0.12-0.2 ms of a 4 ms step
-// here). It keeps the size of the largest call the thread has made.
+// The sorted entries of one op call, all works together. Up to kKeptEntries
+// (64 MiB) they live in a buffer kept by the calling thread and reused: no
+// allocation, zero-fill or page faults per call (zero-filling a fresh 1 MiB
+// buffer took 0.12-0.2 ms of a 4 ms step here). A larger call gets a buffer of
+// its own, freed with it, so that one huge call does not pin its memory.
 // By the time of the next call the buffer has left the caches, and the scatter
 // writes it through one stream per bucket, which the hardware prefetchers do not
 // follow: every write then waited for its line (scatter 0.45-0.5 ms for 64K
 // entries). So the scatter prefetches each stream two lines ahead of its writes
 // (0.16-0.2 ms).
-EmbEntry* entry_buffer(int64_t n) {
-  static thread_local std::unique_ptr<EmbEntry[]> buf;
-  static thread_local int64_t cap = 0;
-  if (n > cap) {
-    buf.reset(new EmbEntry[n]);  // trivial type: left uninitialised
-    cap = n;
+class EntryBuffer {
+ public:
+  static constexpr int64_t kKeptEntries = int64_t{1} << 22;
+
+  EmbEntry* get(int64_t n) {
+    if (n > kKeptEntries) {
+      own_.reset(new EmbEntry[n]);  // trivial type: left uninitialised
+      return own_.get();
+    }
+    static thread_local std::unique_ptr<EmbEntry[]> kept;
+    static thread_local int64_t cap = 0;
+    if (n > cap) {
+      kept.reset(new EmbEntry[n]);
+      cap = n;
+    }
+    return kept.get();
   }
-  return buf.get();
-}
+
+ private:
+  std::unique_ptr<EmbEntry[]> own_;
+};
 
 constexpr int64_t kEntryChunk = 1 << 13;
 
@@ -225,8 +238,9 @@ void plan_buckets(Work& w, bool row_sums) {
 
 // Sorts the entries of every work item (padding rows dropped) into buckets,
 // and checks on the way that every row id is in range (raising before any
-// kernel writes; see check_index).
-void sort_entries(std::vector<Work>& works, bool row_sums) {
+// kernel writes; see check_index). The entries go to `storage`, which must
+// outlive their use.
+void sort_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage) {
   std::vector<int64_t> first_chunk(works.size() + 1, 0);
   for (size_t i = 0; i < works.size(); ++i) {
     plan_buckets(works[i], row_sums);
@@ -279,7 +293,7 @@ void sort_entries(std::vector<Work>& works, bool row_sums) {
   }
   int64_t total = 0;
   for (const Work& w : works) total += w.bstart.back();
-  EmbEntry* buf = entry_buffer(total);
+  EmbEntry* buf = storage.get(total);
   for (Work& w : works) {
     w.perm = buf;
     buf += w.bstart.back();
@@ -367,7 +381,8 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   w.nnz = indices.numel();
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
-  sort_entries(works, /*row_sums=*/false);  // also checks the row ids
+  EntryBuffer storage;
+  sort_entries(works, /*row_sums=*/false, storage);  // also checks the row ids
   if (w.t.dim == 0) return;
   const float a = static_cast<float>(alpha);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
@@ -406,7 +421,8 @@ void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& tra
   w.nnz = indices->numel();
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
-  sort_entries(works, /*row_sums=*/true);
+  EntryBuffer storage;
+  sort_entries(works, /*row_sums=*/true, storage);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, n);
   });
@@ -571,7 +587,8 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
     w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), s.psw[t],
                   mean ? bag_scale[t].data() : nullptr};
   }
-  sort_entries(works, /*row_sums=*/kind != kEmbSgd);
+  EntryBuffer storage;
+  sort_entries(works, /*row_sums=*/kind != kEmbSgd, storage);
   if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
     const float alpha = maximize ? h.lr : -h.lr;
     for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {

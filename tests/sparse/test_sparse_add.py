@@ -114,3 +114,19 @@ def test_opcheck():
     top, trail = split_fp32(w)
     torch.library.opcheck(torch.ops.ipex_train.sparse_add_.default,
                           (top, trail, idx.int(), vals.bfloat16(), -1.0))
+
+
+def test_more_entries_than_the_kept_sort_buffer():
+    """Above 4M entries the sort uses a buffer of the call's own (freed with it)
+    instead of the one kept per thread; both paths give the reference result,
+    also when they alternate."""
+    g = torch.Generator().manual_seed(11)
+    rows = 1000
+    for nnz in (1000, (1 << 22) + 5, 3000):
+        idx = torch.randint(0, rows, (1, nnz), generator=g)
+        vals = torch.randn(nnz, 1, generator=g)
+        grad = torch.sparse_coo_tensor(idx, vals, (rows, 1))
+        w = torch.zeros(rows, 1)
+        ref = torch.zeros(rows, 1, dtype=torch.float64).index_add_(0, idx[0], vals.double())
+        sparse_add_(w, grad, 1.0)
+        torch.testing.assert_close(w, ref.float(), rtol=1e-5, atol=1e-3)
