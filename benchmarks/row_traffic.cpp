@@ -61,6 +61,21 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
                  float* const values[2], double* best) {
   const int64_t dim = kDim ? kDim : dim_rt;
   const int64_t batches = static_cast<int64_t>(idx.size());
+  // row ix[e] += -lr * src[e / per_src], every lookup, rows prefetched for writing
+  auto update_rows = [&](const int64_t* ix, const float* src, int64_t per_src) {
+    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
+      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
+      for (int64_t e = e0; e < e1; ++e) {
+        if (e + kAhead < e1) {
+          const char* p = reinterpret_cast<const char*>(table + ix[e + kAhead] * dim);
+          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x, 1);
+        }
+        float* __restrict__ row = table + ix[e] * dim;
+        const float* __restrict__ g = src + (e / per_src) * dim;
+        for (int64_t j = 0; j < dim; ++j) row[j] += -0.01f * g[j];
+      }
+    });
+  };
   for (int64_t round = 0; round < rounds + 2; ++round) {
     const int64_t* ix = idx[round % batches].data();
     auto t0 = std::chrono::steady_clock::now();
@@ -78,34 +93,11 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
     });
     const double fwd = ms_since(t0);
     t0 = std::chrono::steady_clock::now();
-    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
-      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
-      for (int64_t e = e0; e < e1; ++e) {
-        if (e + kAhead < e1) {
-          const char* p = reinterpret_cast<const char*>(table + ix[e + kAhead] * dim);
-          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x, 1);
-        }
-        float* __restrict__ row = table + ix[e] * dim;
-        const float* __restrict__ g = grad + (e / per_bag) * dim;
-        for (int64_t j = 0; j < dim; ++j) row[j] += -0.01f * g[j];
-      }
-    });
+    update_rows(ix, grad, per_bag);  // gradient row: the lookup's bag
     const double upd = ms_since(t0);
     const int64_t* cold = idx[(round + batches / 2) % batches].data();
-    const float* vals = values[round % 2];
     t0 = std::chrono::steady_clock::now();
-    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
-      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
-      for (int64_t e = e0; e < e1; ++e) {
-        if (e + kAhead < e1) {
-          const char* p = reinterpret_cast<const char*>(table + cold[e + kAhead] * dim);
-          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x, 1);
-        }
-        float* __restrict__ row = table + cold[e] * dim;
-        const float* __restrict__ v = vals + e * dim;
-        for (int64_t j = 0; j < dim; ++j) row[j] += -0.01f * v[j];
-      }
-    });
+    update_rows(cold, values[round % 2], 1);  // one values row per lookup
     const double add = ms_since(t0);
     if (round >= 2) {
       best[0] = std::min(best[0], fwd);
