@@ -10,40 +10,9 @@ from torch import nn
 import ipex_train
 from ipex_train.sparse import FusedEmbeddingBag, FusedEmbeddingBagCollection, TableConfig
 
+from _bags import RowWiseRef, random_bags
+
 LR = {"sgd": 0.1, "adagrad": 0.05, "rowwise_adagrad": 0.05}
-
-
-def _batch(rows, bags, gen, idx_dtype=torch.int64, include_last=False, max_len=6, padding=None):
-    """Random bags (some empty) with duplicate indices, as nn.EmbeddingBag takes them."""
-    lengths = torch.randint(0, max_len + 1, (bags,), generator=gen)
-    lengths[::5] = 0
-    nnz = int(lengths.sum())
-    idx = torch.randint(0, rows, (nnz,), generator=gen)
-    idx[nnz // 2:] = idx[: nnz - nnz // 2].clone()  # duplicates, within and across bags
-    if padding is not None:
-        idx[::7] = padding
-    off = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    if not include_last:
-        off = off[:-1]
-    return idx.to(idx_dtype), off.to(idx_dtype)
-
-
-class _RowWiseRef:
-    """Plain-PyTorch EXACT_ROWWISE_ADAGRAD on a sparse grad."""
-
-    def __init__(self, p, lr, eps):
-        self.p, self.lr, self.eps = p, lr, eps
-        self.sum = torch.zeros(p.shape[0])
-
-    @torch.no_grad()
-    def step(self):
-        g = self.p.grad.coalesce()
-        rows, gv = g.indices()[0], g.values()
-        self.sum[rows] += (gv * gv).mean(1)
-        self.p[rows] -= (self.lr / (self.sum[rows].sqrt() + self.eps))[:, None] * gv
-
-    def zero_grad(self):
-        self.p.grad = None
 
 
 def _reference(table, optimizer, mode, padding_idx, include_last):
@@ -58,7 +27,7 @@ def _reference(table, optimizer, mode, padding_idx, include_last):
     elif optimizer == "adagrad":
         opt = torch.optim.Adagrad(ref.parameters(), lr=LR[optimizer], eps=eps)
     else:
-        opt = _RowWiseRef(ref.weight, LR[optimizer], eps)
+        opt = RowWiseRef(ref.weight, LR[optimizer], eps)
     return ref, opt
 
 
@@ -78,7 +47,7 @@ def test_single_table_matches_torch(optimizer, mode, extra, idx_dtype, include_l
                              padding_idx=padding, include_last_offset=include_last)
     ref, opt = _reference(ours.table(0), optimizer, mode, padding, include_last)
     for _ in range(20):
-        idx, off = _batch(rows, bags, gen, idx_dtype, include_last, padding=padding)
+        idx, off = random_bags(rows, bags, gen, idx_dtype, include_last, padding=padding)
         psw = torch.randn(idx.shape, generator=gen) if extra == "psw" else None
         target = torch.randn(bags, dim, generator=gen)
         out = ours(idx, off, psw)
@@ -98,7 +67,7 @@ def test_collection_matches_torch(optimizer):
     ours = FusedEmbeddingBagCollection(shapes, optimizer=optimizer, lr=LR[optimizer])
     refs = [_reference(ours.table(i), optimizer, "sum", None, False) for i in range(3)]
     for _ in range(20):
-        batch = [_batch(r, bags, gen) for r, _ in shapes]
+        batch = [random_bags(r, bags, gen) for r, _ in shapes]
         target = torch.randn(bags, sum(d for _, d in shapes), generator=gen)
         out = ours([b[0] for b in batch], [b[1] for b in batch])
         (out * target).sum().backward()
@@ -117,7 +86,7 @@ def _train(module, steps, seed, rows, bags=256, max_len=30, split_inputs=False):
     gen = torch.Generator().manual_seed(seed)
     outs = []
     for _ in range(steps):
-        batch = [_batch(rows, bags, gen, max_len=max_len) for _ in module.embedding_dims]
+        batch = [random_bags(rows, bags, gen, max_len=max_len) for _ in module.embedding_dims]
         out = module([b[0] for b in batch], [b[1] for b in batch])
         target = torch.randn(out.shape, generator=gen).to(out.dtype)
         (out * target).sum().backward()
@@ -157,7 +126,7 @@ def test_bf16_split_update_equals_fp32(optimizer):
         f32.table(0).set_master_weight(b16.table(0).master_weight())
         if optimizer != "sgd":
             f32.table(0).state_sum.copy_(b16.table(0).state_sum)
-        idx, off = _batch(60, 13, gen, padding=2)
+        idx, off = random_bags(60, 13, gen, padding=2)
         out = b16(idx, off)
         assert out.dtype == torch.bfloat16
         ref = nn.functional.embedding_bag(idx, b16.weight.float(), off, mode="sum", padding_idx=2)
@@ -293,7 +262,7 @@ def test_per_sample_weight_grads_match_torch():
     ref = nn.EmbeddingBag(30, 5, mode="sum", sparse=True, padding_idx=4)
     with torch.no_grad():
         ref.weight.copy_(ours.weight)
-    idx, off = _batch(30, 8, torch.Generator().manual_seed(0), padding=4)
+    idx, off = random_bags(30, 8, torch.Generator().manual_seed(0), padding=4)
     psw = torch.randn(idx.shape, requires_grad=True)
     psw_ref = psw.detach().clone().requires_grad_()
     target = torch.randn(8, 5)
