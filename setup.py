@@ -72,11 +72,11 @@ setup(
     version="0.1.0",
     description="CPU training accelerator for PyTorch: fused optimizers, BF16 split "
     "training, sparse embeddings, a oneCCL process group",
-    packages=find_packages(include=["ipex_train", "ipex_train.*", "launchers", "launchers.*"]),
+    packages=find_packages(include=["ipex_train", "ipex_train.*"]),
     python_requires=">=3.10",
     install_requires=["torch==2.13.0"],
     ext_modules=[Extension("ipex_train._C", sources=[])],
     cmdclass={"build_ext": CMakeBuildExt, "build_native": BuildNative},
-    entry_points={"console_scripts": ["ipex-train-run=launchers.ipex_train_run:main"]},
+    entry_points={"console_scripts": ["ipex-train-run=ipex_train.launch:main"]},
     zip_safe=False,
 )

@@ -24,11 +24,11 @@ import time
 
 
 def launch(args):
-    cmd = [os.path.join(os.path.dirname(sys.executable), "ipex-train-run"), "--nproc-per-node", "2",
+    cmd = [sys.executable, "-m", "ipex_train.launch", "--nproc-per-node", "2",
            "--transport", args.transport, os.path.abspath(__file__), "--worker",
            "--max-mib", str(args.max_mib)]
     if args.oversubscribe:
-        cmd.insert(3, "--oversubscribe")
+        cmd.insert(5, "--oversubscribe")
     return subprocess.call(cmd, timeout=1800)
 
 

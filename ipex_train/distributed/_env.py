@@ -4,7 +4,7 @@ import os
 import socket
 import sys
 
-from launchers._ports import free_port
+from ipex_train.launch._ports import free_port
 
 # (rank, size, local rank, local size) variables, in the order we trust them.
 _LAUNCHERS = [

@@ -35,7 +35,7 @@ def test_collectives_plain_mpiexec_2_ranks(tmp_path):
 
 def test_collectives_ipex_train_run_3_ranks(tmp_path):
     need_ccl()
-    p = run([os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "3", "--oversubscribe",
+    p = run([sys.executable, "-m", "ipex_train.launch", "--nproc-per-node", "3", "--oversubscribe",
              "--transport", "ofi", WORKER, str(tmp_path), "--large"], timeout=500)
     _check(p, tmp_path, 3)
 
@@ -69,7 +69,7 @@ def test_init_methods(tmp_path):
     need_ccl()
     import subprocess
     from _launch import ROOT, clean_env
-    from launchers._ports import free_ports
+    from ipex_train.launch._ports import free_ports
     port, tcp_port = free_ports(2)
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(HERE, "_worker_init.py"), str(tcp_port),

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from ipex_train.distributed._env import MPI_TRANSPORT_ALGORITHMS, discover, ensure_ccl_env
-from launchers._cores import UsageError, decode, plan_cores
-from launchers._ports import free_ports
-from _launch import BIN, ROOT, clean_env
+from ipex_train.launch._cores import UsageError, decode, plan_cores
+from ipex_train.launch._ports import free_ports
+from _launch import ROOT, clean_env
 
 ADDR = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -71,7 +71,7 @@ def test_plan_cores():
 
 
 def _run(*args):
-    return subprocess.run([os.path.join(BIN, "ipex-train-run"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "ipex_train.launch", *args], cwd=ROOT,
                           env=clean_env(), capture_output=True, text=True, timeout=60)
 
 
@@ -114,7 +114,7 @@ def test_free_ports_distinct_bindable_and_outside_ephemeral_range():
 def test_free_ports_when_nothing_lies_below_the_ephemeral_range(monkeypatch):
     import socket
 
-    import launchers._ports as ports
+    import ipex_train.launch._ports as ports
     monkeypatch.setattr(ports, "_ephemeral_low", lambda: 1024)
     got = ports.free_ports(4)
     assert len(set(got)) == 4, got

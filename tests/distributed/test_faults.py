@@ -10,7 +10,7 @@ import time
 import pytest
 
 from _launch import HERE, ROOT, clean_env, cma_between_siblings, need_ccl
-from launchers._ports import free_port
+from ipex_train.launch._ports import free_port
 
 TIMEOUT_S = 8
 

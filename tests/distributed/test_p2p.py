@@ -18,8 +18,8 @@ def test_send_recv_tags(tmp_path, transport):
     if transport == "mpi":  # plain mpiexec: ensure_ccl_env picks the MPI transport
         cmd = [os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, WORKER, str(tmp_path)]
     else:
-        cmd = [os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "2", "--transport", "ofi",
-               WORKER, str(tmp_path)]
+        cmd = [sys.executable, "-m", "ipex_train.launch", "--nproc-per-node", "2", "--transport",
+               "ofi", WORKER, str(tmp_path)]
     p = run(cmd, timeout=180)
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     for r in results(tmp_path, 2):

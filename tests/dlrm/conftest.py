@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from launchers._ports import free_port
+from ipex_train.launch._ports import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(ROOT, "examples")

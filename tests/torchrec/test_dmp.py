@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from launchers._ports import free_port
+from ipex_train.launch._ports import free_port
 
 pytest.importorskip("torchrec")
 

@@ -1,15 +1,20 @@
 """Per-rank start-up used by ipex-train-run: pin this rank to its cores, then
 exec the user's script in this same process.
 
-    python -m launchers._rank script.py args...
+    python .../ipex_train/launch/_rank.py script.py args...
 
-Reads its cores from IPT_RANK_CORES (see launchers._cores) by local rank
+Run by path (then ``_cores`` is imported from this directory, sys.path[0])
+or as ``python -m ipex_train.launch._rank``. Reads its cores from
+IPT_RANK_CORES (see _cores.py) by local rank
 (MPI_LOCALRANKID for MPICH / Intel MPI, OMPI_COMM_WORLD_LOCAL_RANK for Open MPI).
 """
 import os
 import sys
 
-from ._cores import decode
+if __package__:
+    from ._cores import decode
+else:
+    from _cores import decode
 
 
 def local_rank(env):
@@ -21,7 +26,7 @@ def local_rank(env):
 
 def main():
     if len(sys.argv) < 2:
-        sys.exit("usage: python -m launchers._rank script.py [args...]")
+        sys.exit("usage: python _rank.py script.py [args...]")
     spec = os.environ.get("IPT_RANK_CORES")
     if spec:
         omp, ccl = decode(spec, local_rank(os.environ))

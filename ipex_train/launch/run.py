@@ -9,8 +9,8 @@ first MPI on PATH (``--mpi`` picks one), recognising MPICH / Intel MPI (hydra)
 and Open MPI and using each one's flags. Every rank gets its share of this
 node's cores: ``--ccl-workers K`` keeps K of each rank's cores for oneCCL's
 worker threads (CCL_WORKER_AFFINITY) and gives the rest to OpenMP
-(OMP_NUM_THREADS, GOMP/KMP affinity); ranks are pinned by launchers._rank,
-which execs the script. Ranks find each other with
+(OMP_NUM_THREADS, GOMP/KMP affinity); ranks are pinned by _rank.py (beside
+this file), which execs the script. Ranks find each other with
 ``ipex_train.distributed.init_from_env()``.
 """
 import argparse
@@ -22,6 +22,8 @@ import sys
 
 from ._cores import UsageError, plan_cores
 from ._ports import free_port
+
+_RANK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_rank.py")
 
 
 def parse_args(argv):
@@ -131,7 +133,9 @@ def build(a, exe, flavour, cores):
             cmd += ["--allow-run-as-root"]
         for k, v in env.items():
             cmd += ["-x", f"{k}={v}"]
-    cmd += [sys.executable, "-m", "launchers._rank", a.script] + a.args
+    # _rank.py by path, not -m: as a module it would import ipex_train, and so
+    # torch, in every rank before the script imports it again
+    cmd += [sys.executable, _RANK, a.script] + a.args
     return cmd, env, plan
 
 
