@@ -12,7 +12,7 @@ fi
 # Hash of everything that decides what gets installed.
 # Extra installers (oneCCL, MPI, TorchRec, ...) live one per file in
 # scripts/install.d/, run in name order with VENV set.
-want=$(cat requirements.txt scripts/bootstrap.sh scripts/install.d/*.sh 2>/dev/null \
+want=$(cat requirements.txt setup.py scripts/bootstrap.sh scripts/install.d/*.sh 2>/dev/null \
        | sha256sum | cut -c1-16) || true
 have=$(cat "$VENV/.deps-stamp" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
