@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -13,6 +13,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# the single-process tests only (no ranks, no launchers): minutes, not the whole suite
+test-fast: setup
+	$(PY) -m pytest -q -m "not multiproc" $(PYTEST_ARGS) tests
 
 bench: setup
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -15,8 +15,6 @@ generation is not timed). Usage: python benchmarks/dlrm.py [--steps N] [--max-ro
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 
@@ -25,11 +23,13 @@ import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
+sys.path.append(ROOT)  # tests._procs: the shared process launcher
 
 from dlrm.config import NUM_DENSE, NUM_SPARSE, Config  # noqa: E402
 from dlrm.data import SyntheticCriteo  # noqa: E402
 from dlrm.embeddings import fused_available, initial_table  # noqa: E402
 from dlrm.model import DenseArch  # noqa: E402
+from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
 
 LR = 0.05
 
@@ -134,35 +134,13 @@ def worker(args):
 
 def distributed(args, backend):
     """samples/s of 2 ranks on 127.0.0.1 over `backend`, or a reason it did not run."""
-    if backend == "ccl":
-        try:
-            import ipex_train.distributed  # noqa: F401
-        except ImportError:
-            return "not available (ipex_train.distributed not in this build)"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   CCL_ATL_TRANSPORT="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="lo",
-                   CCL_KVS_IFACE="lo", CCL_PROCESS_LAUNCHER="none", CCL_WORKER_OFFLOAD="0")
-        cmd = [sys.executable, __file__, "--worker", backend, "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--max-rows", str(args.max_rows),
-               "--batch-size", str(args.batch_size)]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-    outs = []
+    cmd = [sys.executable, __file__, "--worker", backend, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--max-rows", str(args.max_rows),
+           "--batch-size", str(args.batch_size)]
     try:
-        outs = [p.communicate(timeout=args.timeout)[0] for p in procs]
-    except subprocess.TimeoutExpired:
+        outs = [r.stdout for r in run_ranks(cmd, 2, args.timeout, **LOOPBACK_CCL)]
+    except ProcessTimeout:
         return f"timed out after {args.timeout} s"
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
     for line in outs[0].splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[7:])

@@ -12,10 +12,4 @@ ARGS=(--steps 300 --eval-every 100 --max-seconds 150 --eval-batches 8
 export CCL_ATL_TRANSPORT=${CCL_ATL_TRANSPORT:-ofi} FI_PROVIDER=${FI_PROVIDER:-tcp}
 export FI_TCP_IFACE=${FI_TCP_IFACE:-lo} CCL_KVS_IFACE=${CCL_KVS_IFACE:-lo}
 export CCL_WORKER_OFFLOAD=${CCL_WORKER_OFFLOAD:-0}
-if [ -x .venv/bin/ipex-train-run ] && .venv/bin/python -c "import ipex_train.distributed" 2>/dev/null; then
-  exec .venv/bin/ipex-train-run --nproc-per-node 2 examples/dlrm/train.py "${ARGS[@]}"
-fi
-# Fallback while the ccl backend / launcher are not in this build: torchrun + gloo.
-echo "[demo] ipex-train-run/ccl not available: using torch.distributed.run with gloo" >&2
-exec .venv/bin/python -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 \
-     --master-port "${MASTER_PORT:-29511}" examples/dlrm/train.py --backend gloo "${ARGS[@]}"
+exec .venv/bin/ipex-train-run --nproc-per-node 2 examples/dlrm/train.py "${ARGS[@]}"

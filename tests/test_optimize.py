@@ -7,7 +7,7 @@ from torch import nn
 
 import ipex_train
 from ipex_train.optim._fused import FusedOptimizer
-from bf16.bf16_helpers import OPTIMIZERS, make_optimizer, optimizer_cases  # tests/bf16/
+from tests.bf16.bf16_helpers import OPTIMIZERS, make_optimizer, optimizer_cases
 
 
 class Zoo(nn.Module):

@@ -53,7 +53,7 @@ class Config:
     emb_optimizer: str = "rowwise_adagrad"  # sgd | adagrad | rowwise_adagrad
     dtype: str = "bf16"                # bf16 (split training) | fp32
     compute: str = "auto"              # matmul dtype in bf16 mode: auto | bf16 | fp32
-    embeddings: str = "auto"           # fused (ipex_train.sparse) | torch (nn.EmbeddingBag) | auto
+    embeddings: str = "fused"          # fused (ipex_train.sparse) | torch (nn.EmbeddingBag)
     backend: str = "ccl"               # ccl | gloo; used when world size > 1
     eval_every: int = 0                # steps; 0 = only at the end
     eval_batches: int = 8
@@ -88,18 +88,12 @@ class Config:
         """Raises ConfigError naming the first bad flag."""
         choices = dict(data=("synthetic", "criteo-tsv"), optimizer=("sgd", "adagrad"), bad_lines=("skip", "fail"),
                        emb_optimizer=("sgd", "adagrad", "rowwise_adagrad"),
-                       dtype=("bf16", "fp32"), compute=("auto", "bf16", "fp32"), embeddings=("auto", "fused", "torch"),
+                       dtype=("bf16", "fp32"), compute=("auto", "bf16", "fp32"), embeddings=("fused", "torch"),
                        backend=("ccl", "gloo"))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"--{name.replace('_', '-')}: must be one of {allowed}, "
                                   f"got {getattr(self, name)!r}")
-        if self.embeddings == "auto":  # ours when this build has it, else the stock tables
-            from .embeddings import fused_available
-
-            self.embeddings = "fused" if fused_available() else "torch"
-            if self.embeddings == "torch" and self.emb_optimizer == "rowwise_adagrad":
-                self.emb_optimizer = "adagrad"
         bottom, top = self.mlp_sizes()
         self.table_sizes()
         if self.embedding_dim <= 0:

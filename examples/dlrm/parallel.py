@@ -16,35 +16,21 @@ import os
 import torch
 import torch.distributed as dist
 
-from .config import ConfigError
 
 
 def init_distributed(backend):
     """Joins the job's process group, if launched as one; returns (rank, world_size).
 
-    Uses ``ipex_train.distributed.init_from_env`` (torchrun, MPI and Slurm
-    variables) when that module is available; otherwise torchrun's variables
-    (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). No such variables: a
-    single-process run without any process group.
+    ``ipex_train.distributed.init_from_env`` reads torchrun's, MPI's or Slurm's
+    variables; with none of them this is a single-process run without a group.
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if not _launched_as_group():
         return 0, 1
-    try:
-        import ipex_train.distributed as ipd
-    except ImportError:
-        ipd = None
-    if ipd is not None and hasattr(ipd, "init_from_env"):
-        ipd.init_from_env(backend=backend)
-    elif backend == "ccl":
-        raise ConfigError("--backend ccl needs ipex_train.distributed, which is not in this "
-                          "build; use --backend gloo")
-    elif "WORLD_SIZE" in os.environ:
-        dist.init_process_group(backend=backend)
-    else:
-        raise ConfigError("launched by MPI/Slurm but ipex_train.distributed is not in this "
-                          "build: launch with torch.distributed.run instead")
+    import ipex_train.distributed as ipd
+
+    ipd.init_from_env(backend=backend)
     return dist.get_rank(), dist.get_world_size()
 
 

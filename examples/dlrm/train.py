@@ -80,8 +80,7 @@ def run(cfg):
     rank, world = init_distributed(cfg.backend)
     cfg.check(world)
     torch.set_num_threads(cfg.threads or default_threads())
-    # Tiny gradients of rarely seen rows and ReLU outputs go subnormal; x86
-    # handles those in microcode, making elementwise ops ~4x slower per step.
+    # Subnormals (tiny gradients of rarely seen rows) take x86's slow microcode path.
     torch.set_flush_denormal(True)
     trainer = Trainer(cfg, rank, world)
     source, eval_set = make_data(cfg)

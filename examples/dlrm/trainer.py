@@ -20,10 +20,6 @@ from .parallel import EmbeddingAllToAll, batch_splits, place_tables
 import ipex_train
 
 
-def optimize_available():
-    return hasattr(ipex_train, "optimize")
-
-
 def compute_dtype(cfg):
     """Matmul dtype: bf16 only where asked and the CPU has bf16 dot products."""
     if cfg.dtype == "fp32" or cfg.compute == "fp32":
@@ -50,8 +46,7 @@ class Trainer:
         dense = DenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, compute_dtype(cfg))
         opt_cls = {"sgd": ipex_train.optim.SGD, "adagrad": ipex_train.optim.Adagrad}[cfg.optimizer]
         opt = opt_cls(dense.parameters(), lr=cfg.lr)
-        if optimize_available():
-            dense, opt = ipex_train.optimize(dense, opt, dtype=dtype)
+        dense, opt = ipex_train.optimize(dense, opt, dtype=dtype)
         self.dense, self.opt = dense, opt
         self.model = dense
         if world_size > 1:
@@ -116,17 +111,10 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------
     def state_dict(self):
-        """This rank's full training state; optimizer state is kept per param index
-        with its exact dtypes (torch's Optimizer.load_state_dict would cast an
-        int16 bf16-split trail to the param dtype)."""
-        params = list(self.dense.parameters())
-        opt_state = {i: {k: (v.clone() if torch.is_tensor(v) else v)
-                         for k, v in self.opt.state[p].items()}
-                     for i, p in enumerate(params) if p in self.opt.state}
+        """This rank's full training state (our optimizers' state dicts keep the
+        bf16-split trail int16 and the rest fp32 on load)."""
         state = dict(world_size=self.world, placement=self.placement,
-                     dense=self.dense.state_dict(), opt_state=opt_state,
-                     opt_groups=[{k: v for k, v in g.items() if k != "params"}
-                                 for g in self.opt.param_groups],
+                     dense=self.dense.state_dict(), opt=self.opt.state_dict(),
                      tables=self.tables.state_dict())
         if self.tables.opt is not None:
             state["tables_opt"] = self.tables.opt.state_dict()
@@ -137,13 +125,7 @@ class Trainer:
             raise ValueError(f"checkpoint was written at world size {state['world_size']}, "
                              f"this run has {self.world}: resume with the same world size")
         self.dense.load_state_dict(state["dense"])
-        params = list(self.dense.parameters())
-        self.opt.state.clear()
-        for i, s in state["opt_state"].items():
-            self.opt.state[params[int(i)]] = {k: (v.clone() if torch.is_tensor(v) else v)
-                                              for k, v in s.items()}
-        for g, saved in zip(self.opt.param_groups, state["opt_groups"]):
-            g.update(saved)
+        self.opt.load_state_dict(state["opt"])
         self.tables.load_state_dict(state["tables"])
         if self.tables.opt is not None:
             self.tables.opt.load_state_dict(state["tables_opt"])

@@ -8,7 +8,10 @@ import sys
 
 import pytest
 
-from _launch import BIN, HERE, cma_between_siblings, need_ccl, results, run
+from tests._procs import BIN, clean_env, run, run_ranks
+from tests.distributed._ccl import HERE, cma_between_siblings, need_ccl, results
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.ccl]
 
 WORKER = os.path.join(HERE, "_worker_collectives.py")
 
@@ -45,7 +48,8 @@ def test_collectives_oneccl_transfer_path(tmp_path):
     ranks cannot read each other's memory (IPEX_TRAIN_CCL_LOCAL=0 forces it)."""
     need_ccl()
     p = run([os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, WORKER, str(tmp_path)],
-            timeout=300, IPEX_TRAIN_CCL_LOCAL="0", IPT_TEST_DTYPES="float32,bfloat16,int64,bool")
+            timeout=300, env=clean_env(IPEX_TRAIN_CCL_LOCAL="0",
+                                       IPT_TEST_DTYPES="float32,bfloat16,int64,bool"))
     _check(p, tmp_path, 2, path="oneccl (turned off", min_checks=200)
 
 
@@ -67,23 +71,10 @@ def test_init_methods(tmp_path):
     processes (torchrun-style variables; torchrun itself would hand tcp:// its
     agent's store), each with a subgroup."""
     need_ccl()
-    import subprocess
-    from _launch import ROOT, clean_env
-    from ipex_train.launch._ports import free_ports
+    from tests._procs import check_all_ok, free_ports
     port, tcp_port = free_ports(2)
-    procs = [subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "_worker_init.py"), str(tcp_port),
-         str(tmp_path / "rdzv"), str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-        env=clean_env(RANK=str(r), WORLD_SIZE="3", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="3",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))) for r in range(3)]
-    try:
-        outs = [p.communicate(timeout=240)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    check_all_ok(run_ranks([sys.executable, os.path.join(HERE, "_worker_init.py"), tcp_port,
+                            tmp_path / "rdzv", tmp_path], 3, timeout=240, port=port))
     for rank, r in enumerate(results(tmp_path, 3)):
         sub = 2.0 if rank < 2 else 1.0  # rank 2 is outside the subgroup: untouched
         want = {"env": 6.0, "tcp": 6.0, "file": 6.0, "env_sub": sub, "tcp_sub": sub,

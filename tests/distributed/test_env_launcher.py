@@ -1,15 +1,13 @@
 """Rank discovery from each launcher's variables, and ipex-train-run's plans,
 commands and error messages (no processes started except --dry-run)."""
 import os
-import subprocess
-import sys
 
 import pytest
 
 from ipex_train.distributed._env import MPI_TRANSPORT_ALGORITHMS, discover, ensure_ccl_env
 from ipex_train.launch._cores import UsageError, decode, plan_cores
 from ipex_train.launch._ports import free_ports
-from _launch import ROOT, clean_env
+from tests._procs import BIN, clean_env, run
 
 ADDR = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 
@@ -71,8 +69,7 @@ def test_plan_cores():
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, "-m", "ipex_train.launch", *args], cwd=ROOT,
-                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    return run([os.path.join(BIN, "ipex-train-run"), *args], timeout=60, env=clean_env())
 
 
 def test_dry_run_prints_command_and_env(tmp_path):

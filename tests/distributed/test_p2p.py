@@ -7,7 +7,10 @@ import sys
 
 import pytest
 
-from _launch import BIN, HERE, need_ccl, results, run
+from tests._procs import BIN, run
+from tests.distributed._ccl import HERE, need_ccl, results
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.ccl]
 
 WORKER = os.path.join(HERE, "_worker_p2p.py")
 

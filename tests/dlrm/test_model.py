@@ -100,10 +100,8 @@ def test_main_reports_config_error(capsys):
 @pytest.mark.parametrize("kind", ["torch", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_local_tables_pool_and_init_independent_of_placement(kind, dtype):
-    from dlrm.embeddings import LocalTables, fused_available, initial_table
+    from dlrm.embeddings import LocalTables, initial_table
 
-    if kind == "fused" and not fused_available():
-        pytest.skip("ipex_train.sparse.FusedEmbeddingBagCollection not in this build")
     rows = [5, 3, 9]
     sparse = torch.tensor([[4, 0, 8], [1, 2, 0]])
     tabs = LocalTables([2, 0], rows, 4, kind=kind, optimizer="sgd", lr=0.1, dtype=dtype, seed=1)

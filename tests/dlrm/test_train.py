@@ -2,13 +2,9 @@
 import pytest
 import torch
 
-from dlrm.embeddings import fused_available
+from tests.dlrm._run import run_inprocess, run_ranks
 
-from conftest import run_inprocess, run_ranks
-
-# Our fused tables when this build has them, else the stock fallback.
-EMB = (dict(embeddings="fused", emb_optimizer="rowwise_adagrad") if fused_available()
-       else dict(embeddings="torch", emb_optimizer="adagrad"))
+EMB = dict(embeddings="fused", emb_optimizer="rowwise_adagrad")
 
 
 def test_short_training_learns():
@@ -51,20 +47,13 @@ def test_resume_at_other_world_size_is_refused(tmp_path):
         run_inprocess(steps=4, resume=True, checkpoint_dir=str(ck), **EMB)
 
 
-def _ccl_available():
-    try:
-        import ipex_train.distributed  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-# World size 2 over our "ccl" backend when this build has it; 3 over gloo.
-WORLDS = [(2, "ccl" if _ccl_available() else "gloo"), (3, "gloo")]
-
-
-@pytest.mark.parametrize("world,backend", WORLDS)
+@pytest.mark.multiproc
+@pytest.mark.parametrize("world,backend", [
+    pytest.param(2, "ccl", marks=pytest.mark.ccl), (3, "gloo")])
 def test_world_sizes_give_same_losses(tmp_path, world, backend):
+    if backend == "ccl":
+        from tests.distributed._ccl import need_ccl
+        need_ccl()
     kw = dict(steps=5, dtype="fp32", **EMB)
     one = run_inprocess(**kw)
     many = run_ranks(world, tmp_path, backend=backend, **kw)
@@ -75,7 +64,7 @@ def test_world_sizes_give_same_losses(tmp_path, world, backend):
 
 
 def test_trains_on_criteo_tsv_with_bad_lines(tmp_path, capfd):
-    from test_data import _line
+    from tests.dlrm.test_data import _line
 
     path = tmp_path / "day_0.tsv"
     lines = [_line(str(i % 2)) for i in range(40)]

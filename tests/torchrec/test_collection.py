@@ -10,12 +10,12 @@ FusedEmbeddingBagCollection.
 import pytest
 import torch
 
-torchrec = pytest.importorskip("torchrec")
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor  # noqa: E402
-from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
-from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection  # noqa: E402
+import torchrec
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import PoolingType
+from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
-import ipex_train.torchrec as itr  # noqa: E402
+import ipex_train.torchrec as itr
 
 SUM, MEAN = PoolingType.SUM, PoolingType.MEAN
 CONFIGS = {

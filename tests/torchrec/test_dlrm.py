@@ -11,12 +11,11 @@ import copy
 import pytest
 import torch
 
-pytest.importorskip("torchrec")
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor  # noqa: E402
-from torchrec.models.dlrm import DLRM  # noqa: E402
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.models.dlrm import DLRM
 
-import ipex_train  # noqa: E402
-import ipex_train.torchrec as itr  # noqa: E402
+import ipex_train
+import ipex_train.torchrec as itr
 
 ROWS = [40, 7, 120, 33]
 DIM, DENSE_IN = 8, 5

@@ -2,11 +2,10 @@
 import pytest
 import torch
 
-pytest.importorskip("torchrec")
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor  # noqa: E402
-from torchrec.modules.embedding_configs import PoolingType  # noqa: E402
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import PoolingType
 
-import ipex_train.torchrec as itr  # noqa: E402
+import ipex_train.torchrec as itr
 
 
 def tables(pooling=PoolingType.SUM):

@@ -1,0 +1,161 @@
+"""Starting, timing out and cleaning up the processes a test (or benchmark) launches.
+
+Every multi-process test goes through here. Processes start with a clean
+launcher environment in a session of their own; their output goes to files, so
+no pipe can fill up and stall a rank; at the end (success, timeout or error)
+everything they started is killed: the tree below each process and whatever
+is left in its session, since MPI ranks sit in process groups of their own and
+a rank stuck in oneCCL would otherwise spin on after the test.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from ipex_train.launch._ports import free_port, free_ports  # noqa: F401  (re-exported)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+# launcher / rendezvous variables a developer's shell might carry
+_STRIP = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+          "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_PROCID",
+          "SLURM_NTASKS", "THP_MEM_ALLOC_ENABLE")
+# oneCCL over OFI/tcp on loopback, for ranks not started by an MPI launcher
+LOOPBACK_CCL = dict(CCL_ATL_TRANSPORT="ofi", FI_PROVIDER="tcp", FI_TCP_IFACE="lo",
+                    CCL_KVS_IFACE="lo", CCL_PROCESS_LAUNCHER="none", CCL_WORKER_OFFLOAD="0")
+
+
+class ProcessTimeout(AssertionError):
+    """Some processes were still running at the deadline (they have been killed)."""
+
+
+def clean_env(**extra):
+    """os.environ without launcher, rendezvous and oneCCL/libfabric variables, plus `extra`."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in _STRIP and not k.startswith(("CCL_", "FI_", "IPT_RANK"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def rank_env(rank, world, port, **extra):
+    """clean_env with torchrun's variables for `rank` of `world` on 127.0.0.1:`port`."""
+    return clean_env(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world,
+                     MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra)
+
+
+def _process_table():
+    """{pid: (parent pid, session id)} of every process, from /proc."""
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                table[int(d)] = (int(fields[1]), int(fields[3]))
+            except (OSError, IndexError, ValueError):
+                pass
+    return table
+
+
+def tree(pid):
+    """`pid`'s descendants, and the other members of the session it leads."""
+    table = _process_table()
+    out, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, (pp, _) in table.items() if pp == parent and c not in out]
+        out.update(kids)
+        todo += kids
+    out.update(p for p, (_, sid) in table.items() if sid == pid)
+    out.discard(pid)
+    out.discard(os.getpid())
+    return out
+
+
+def kill_tree(pid, itself=True):
+    """SIGKILLs `pid` (unless not `itself`: already reaped, its number may be
+    reused) and everything `tree` finds below it, until none is left."""
+    for _ in range(20):
+        victims = tree(pid)
+        for v in ([pid] if itself else []) + sorted(victims):
+            try:
+                os.kill(v, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not victims:
+            return
+        time.sleep(0.05)
+
+
+def _read(f):
+    f.seek(0)
+    return f.read().decode(errors="replace")
+
+
+def run_all(cmds, timeout, envs=None, cwd=ROOT, merge=True):
+    """Starts every command at once and waits for all of them under one deadline.
+
+    Returns a CompletedProcess per command (stderr is "" with `merge`, where it
+    is folded into stdout). At the deadline every process tree is killed and
+    ProcessTimeout names those still running, with the tail of every output.
+    """
+    envs = envs or [clean_env()] * len(cmds)
+    procs, files = [], []
+    try:
+        for cmd, env in zip(cmds, envs, strict=True):
+            out = tempfile.TemporaryFile()
+            err = out if merge else tempfile.TemporaryFile()
+            files.append((out, err))
+            procs.append(subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=out,
+                                          stderr=err, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        late = []
+        for i, p in enumerate(procs):
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                late.append(i)
+        if late:
+            for p in procs:
+                kill_tree(p.pid, itself=p.poll() is None)
+                p.wait()
+            tails = "\n".join(f"--- process {i} ({'killed' if i in late else procs[i].returncode})"
+                              f":\n{_read(files[i][0])[-3000:]}" for i in range(len(procs)))
+            raise ProcessTimeout(f"process(es) {late} of {len(procs)} still running after "
+                                 f"{timeout} s; killed them all\n{tails}")
+        return [subprocess.CompletedProcess(cmd, p.returncode, _read(out),
+                                            "" if merge else _read(err))
+                for cmd, p, (out, err) in zip(cmds, procs, files)]
+    finally:
+        for p in procs:  # also on success: nothing a test started outlives it
+            kill_tree(p.pid, itself=p.poll() is None)
+            p.wait()
+        for out, err in files:
+            out.close()
+            err.close()
+
+
+def run(cmd, timeout, env=None, cwd=ROOT, merge=False):
+    """One command (a launcher, say) under run_all's rules; stdout and stderr apart."""
+    return run_all([cmd], timeout, [env or clean_env()], cwd, merge)[0]
+
+
+def run_ranks(cmd, world, timeout, port=None, **extra):
+    """`world` copies of `cmd` with torchrun's variables (env:// on 127.0.0.1).
+
+    `cmd` is a list, or a function rank -> list. Returns run_all's results in
+    rank order (output merged).
+    """
+    port = port or free_port()
+    cmds = [cmd(r) if callable(cmd) else cmd for r in range(world)]
+    return run_all(cmds, timeout, [rank_env(r, world, port, **extra) for r in range(world)])
+
+
+def check_all_ok(results, tail=4000):
+    """Asserts every process exited 0, showing the failed ones' output."""
+    bad = [f"--- process {i} exited {r.returncode}:\n{(r.stdout + r.stderr)[-tail:]}"
+           for i, r in enumerate(results) if r.returncode != 0]
+    assert not bad, "\n".join(bad)
