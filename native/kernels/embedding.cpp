@@ -41,11 +41,6 @@ IPT_INLINE void by_width(int64_t d, Fn&& fn) {
   }
 }
 
-IPT_INLINE int64_t row_of(EmbIndex in, int64_t e) {
-  return in.idx64 ? static_cast<const int64_t*>(in.idx)[e]
-                  : static_cast<const int32_t*>(in.idx)[e];
-}
-
 // Loads the fp32 master row r into buf (split) or returns a pointer to it (fp32).
 IPT_INLINE void load_row(const EmbTable& t, int64_t r, float* buf, int64_t d) {
   const uint16_t* top = t.top + r * d;
@@ -191,8 +186,6 @@ IPT_INLINE void prefetch_src(const EmbGrad& g, int64_t src, int64_t d) {
   const char* p = static_cast<const char*>(grad_row(g, src));
   for (int64_t b = 0; b < d * (g.bf16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
 }
-
-inline uint64_t hash_row(int64_t r) { return static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull; }
 
 struct Scratch {
   std::vector<int64_t> keys;  // open-addressing table: row or -1

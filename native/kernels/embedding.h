@@ -44,6 +44,20 @@ struct EmbIndex {
   int64_t padding_idx;  // entries of this row are skipped (forward); -1: none
 };
 
+// Index helpers of the kernels and of the ops' bucket sort. Always inlined, so
+// no out-of-line copy compiled with one level's flags exists for the linker to
+// share between levels (see isa.h).
+static inline __attribute__((always_inline)) int64_t row_of(EmbIndex in, int64_t e) {
+  return in.idx64 ? static_cast<const int64_t*>(in.idx)[e]
+                  : static_cast<const int32_t*>(in.idx)[e];
+}
+
+// Fibonacci hash of a row id: its high bits pick the bucket of the ops' sort
+// and the slot of the kernels' per-bucket row table.
+static inline __attribute__((always_inline)) uint64_t hash_row(int64_t r) {
+  return static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull;
+}
+
 // Where each entry's gradient row comes from (see the header comment).
 struct EmbGrad {
   const void* data;  // fp32 or bf16 bits

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/optim.h"
+#include "runtime/dispatch.h"
 
 namespace ipex_train {
 namespace ops {

@@ -1,7 +1,7 @@
 // Library-wide ops: the ISA level in use.
 #include <torch/library.h>
 
-#include "kernels/isa.h"
+#include "runtime/dispatch.h"
 
 namespace {
 

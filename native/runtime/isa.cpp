@@ -1,5 +1,5 @@
 // CPU feature detection and the active ISA level. Baseline flags only.
-#include "kernels/isa.h"
+#include "runtime/dispatch.h"
 
 #include <atomic>
 #include <cpuid.h>
