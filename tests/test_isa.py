@@ -113,7 +113,7 @@ def test_embedding_kernels_keep_their_prefetches():
     (fp32 and split top/trail) as well as the gradient-source ones; counted over
     each kernel and its per-row-width copies (bucket_add<W>, bucket_update<W>),
     wherever the compiler left them. The entry sort's scatter prefetches its
-    output streams (native/ops/sparse_ops.cpp): that too."""
+    output streams (native/ops/bucket_sort.cpp): that too."""
     counts, scatter = {}, 0
     for name, body in _functions(LIB):
         m = re.search(r"ipex_train::(\w+)::(?:\(anonymous namespace\)::)?"

@@ -1,7 +1,6 @@
 // Shared helpers of the ATen wrappers: argument checks that run before any
-// memory is touched, and the multi-tensor chunked parallel loop.
+// memory is touched; the parallel loops are in ops/parallel.h.
 #pragma once
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -10,14 +9,11 @@
 #include <vector>
 
 #include "kernels/optim.h"
+#include "ops/parallel.h"
 #include "runtime/dispatch.h"
 
 namespace ipex_train {
 namespace ops {
-
-// Elements per work item of the multi-tensor loop. A multiple of every vector
-// width, small enough to balance, large enough to amortise the dispatch.
-constexpr int64_t kChunk = 1 << 15;
 
 inline std::string arg(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
 
@@ -105,32 +101,6 @@ inline ParamChunk offset(ParamChunk p, int64_t off) {
 inline GradChunk offset(GradChunk g, int64_t off) {
   const size_t elt = g.is_bf16 ? 2 : 4;
   return GradChunk{static_cast<const char*>(g.data) + off * elt, g.is_bf16};
-}
-
-// Runs fn(tensor_index, begin, length) over every kChunk-sized piece of every
-// tensor, in parallel on torch's intra-op thread pool (OpenMP).
-template <class Fn>
-void for_each_chunk(const std::vector<int64_t>& numel, Fn&& fn) {
-  std::vector<int64_t> first_chunk(numel.size() + 1, 0);
-  for (size_t i = 0; i < numel.size(); ++i)
-    first_chunk[i + 1] = first_chunk[i] + (numel[i] + kChunk - 1) / kChunk;
-  const int64_t total = first_chunk.back();
-  if (total == 0) return;
-  int64_t elements = 0;
-  for (int64_t n : numel) elements += n;
-  if (elements <= kChunk) {  // too little work to pay for waking the thread pool
-    for (size_t t = 0; t < numel.size(); ++t)
-      for (int64_t b = 0; b < numel[t]; b += kChunk) fn(t, b, std::min(kChunk, numel[t] - b));
-    return;
-  }
-  at::parallel_for(0, total, 1, [&](int64_t b, int64_t e) {
-    size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), b) - first_chunk.begin() - 1;
-    for (int64_t c = b; c < e; ++c) {
-      while (c >= first_chunk[t + 1]) ++t;
-      const int64_t begin = (c - first_chunk[t]) * kChunk;
-      fn(t, begin, std::min(kChunk, numel[t] - begin));
-    }
-  });
 }
 
 }  // namespace ops

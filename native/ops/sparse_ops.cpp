@@ -1,12 +1,8 @@
 // ATen wrappers of the sparse-row and embedding-bag kernels (kernels/embedding.h).
 //
 // Every op validates all of its tensors (dtype, shape, contiguity, index range,
-// offsets) before it writes anything, then:
-//   1. sorts entry ids into buckets by a hash of their row (stable counting
-//      sort, in parallel over chunks of entries; no comparison sort),
-//   2. runs the kernel on whole buckets in parallel: one thread owns each row.
-// Per row, entries are applied in their original order, so results are the
-// same for any thread count and any bucket count.
+// offsets) before it writes anything, then sorts the entries into buckets and
+// runs the kernel on whole buckets in parallel (ops/bucket_sort.h).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
@@ -14,13 +10,13 @@
 #include <sys/mman.h>
 
 #include <algorithm>
-#include <atomic>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <string>
 
 #include "kernels/embedding.h"
+#include "ops/bucket_sort.h"
 #include "ops/common.h"
 
 namespace ipex_train {
@@ -82,15 +78,6 @@ void attach_state(const char* op, EmbTable& t, int64_t kind, const at::Tensor& w
   if (kind == kEmbRowWiseAdagrad) t.state1 = check_state(op, s1, n1, {w.size(0)});
 }
 
-[[noreturn]] void index_out_of_range(const char* op, const std::string& name, const EmbIndex& in,
-                                      int64_t pos, int64_t rows) {
-  const int64_t r = in.idx64 ? static_cast<const int64_t*>(in.idx)[pos]
-                             : static_cast<const int32_t*>(in.idx)[pos];
-  TORCH_CHECK_INDEX(false, op, ": ", name, "[", pos, "] = ", r, " is out of range for a table of ",
-                    rows, " rows");
-  __builtin_unreachable();
-}
-
 // 1-D int32/int64 row ids. Returns the kernel's view. Their range is checked
 // where they are read anyway before anything is written (sort_entries, the
 // forward kernel): a separate pass over cold indices cost 0.1-0.4 ms per call
@@ -136,215 +123,6 @@ std::vector<int64_t> bag_starts(const char* op, const at::Tensor& off, const std
   TORCH_CHECK_VALUE(s[B] == nnz, op, ": ", name, " ends at ", s[B], " but there are ", nnz,
                     " indices");
   return s;
-}
-
-// Runs fn(i) for every i in [0, n) on torch's threads, each thread taking the
-// next unclaimed i. The items here are memory-bound, and on a shared machine
-// equal items do not take equal times: with fixed halves (at::parallel_for),
-// one thread often sat idle at the end of every phase. Which thread runs an
-// item never changes its result.
-template <class Fn>
-void parallel_each(int64_t n, Fn&& fn) {
-  if (n <= 0) return;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(i);
-  });
-}
-
-// ---- bucketing: stable counting sort of entry ids by hash(row) -----------------
-
-struct Work {
-  const char* op;
-  std::string idx_name;  // for the out-of-range error
-  EmbTable t;
-  EmbIndex in;
-  EmbGrad g;
-  int64_t nnz;
-  // Bag starts [B + 1] when the gradient has one row per bag (src(e) = the
-  // entry's bag); nullptr: one row per entry (src(e) = e).
-  const int64_t* bag_start = nullptr;
-  int64_t bags = 0;
-  int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
-  int64_t nbuckets;
-  EmbEntry* perm = nullptr;     // entries in bucket order (in an EntryBuffer)
-  std::vector<int64_t> bstart;  // [nbuckets + 1]
-};
-
-// The sorted entries of one op call, all works together. Up to kKeptEntries
-// (64 MiB) they live in a buffer kept by the calling thread and reused: no
-// allocation, zero-fill or page faults per call (zero-filling a fresh 1 MiB
-// buffer took 0.12-0.2 ms of a 4 ms step here). A larger call gets a buffer of
-// its own, freed with it, so that one huge call does not pin its memory.
-// By the time of the next call the buffer has left the caches, and the scatter
-// writes it through one stream per bucket, which the hardware prefetchers do not
-// follow: every write then waited for its line (scatter 0.45-0.5 ms for 64K
-// entries). So the scatter prefetches each stream two lines ahead of its writes
-// (0.16-0.2 ms).
-class EntryBuffer {
- public:
-  static constexpr int64_t kKeptEntries = int64_t{1} << 22;
-
-  EmbEntry* get(int64_t n) {
-    if (n > kKeptEntries) {
-      own_.reset(new EmbEntry[n]);  // trivial type: left uninitialised
-      return own_.get();
-    }
-    static thread_local std::unique_ptr<EmbEntry[]> kept;
-    static thread_local int64_t cap = 0;
-    if (n > cap) {
-      kept.reset(new EmbEntry[n]);
-      cap = n;
-    }
-    return kept.get();
-  }
-
- private:
-  std::unique_ptr<EmbEntry[]> own_;
-};
-
-constexpr int64_t kEntryChunk = 1 << 13;
-
-// Prefetch for writing the entry slot two cache lines after `dst` (address
-// arithmetic only: the slot may lie past the buffer; a prefetch never faults).
-__attribute__((always_inline)) inline void prefetch_store_stream(const EmbEntry* dst) {
-  __builtin_prefetch(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(dst) + 128), 1);
-}
-
-inline int64_t idx_at(const EmbIndex& in, int64_t e) {
-  return in.idx64 ? static_cast<const int64_t*>(in.idx)[e] : static_cast<const int32_t*>(in.idx)[e];
-}
-
-inline int64_t bucket_of(int64_t r, int shift) {
-  return shift >= 64 ? 0 : static_cast<int64_t>((static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull) >> shift);
-}
-
-// row_sums: the kernel sums each row's entries per bucket (emb_bucket_update).
-void plan_buckets(Work& w, bool row_sums) {
-  // Enough buckets for every thread; with row_sums, also small enough that one
-  // bucket's per-row sums (entries x dim floats) stay in the L2 cache. Without,
-  // fewer and larger buckets are better: within a bucket the gradient source
-  // rows run in increasing order, closer together the fewer the buckets (64K-entry
-  // SGD backward and sparse_add_ 10-20% faster with 16 buckets than with 64).
-  // Results do not depend on the bucket count.
-  const int64_t threads = at::get_num_threads();
-  const int64_t by_cache = row_sums ? w.nnz * std::max<int64_t>(w.t.dim, 1) * 4 / (256 << 10) : 0;
-  const int64_t want = std::min<int64_t>(4096, std::max(by_cache, std::min<int64_t>(w.nnz / 1024, 8 * threads)));
-  int lg = 0;
-  while ((int64_t{1} << (lg + 1)) <= want) ++lg;
-  w.nbuckets = int64_t{1} << lg;
-  w.shift = 64 - lg;
-}
-
-// Sorts the entries of every work item (padding rows dropped) into buckets,
-// and checks on the way that every row id is in range (raising before any
-// kernel writes; see check_index). The entries go to `storage`, which must
-// outlive their use.
-void sort_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage) {
-  std::vector<int64_t> first_chunk(works.size() + 1, 0);
-  for (size_t i = 0; i < works.size(); ++i) {
-    plan_buckets(works[i], row_sums);
-    first_chunk[i + 1] = first_chunk[i] + (works[i].nnz + kEntryChunk - 1) / kEntryChunk;
-  }
-  const int64_t chunks = first_chunk.back();
-  std::vector<std::vector<int64_t>> hist(chunks);
-  std::vector<int64_t> bad(chunks, std::numeric_limits<int64_t>::max());
-  auto locate = [&](int64_t c) {
-    size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
-    return std::make_pair(t, (c - first_chunk[t]) * kEntryChunk);
-  };
-  parallel_each(chunks, [&](int64_t c) {
-    auto [t, begin] = locate(c);
-    Work& w = works[t];
-    std::vector<int64_t>& h = hist[c];
-    h.assign(w.nbuckets, 0);
-    int64_t* const count = h.data();
-    const EmbIndex in = w.in;
-    const uint64_t rows = static_cast<uint64_t>(w.t.rows);
-    const int shift = w.shift;
-    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = idx_at(in, i);
-      if (static_cast<uint64_t>(r) >= rows) {
-        bad[c] = std::min(bad[c], i);
-        continue;
-      }
-      if (r != in.padding_idx) ++count[bucket_of(r, shift)];
-    }
-  });
-  for (size_t t = 0; t < works.size(); ++t)
-    for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c)
-      if (bad[c] != std::numeric_limits<int64_t>::max())
-        index_out_of_range(works[t].op, works[t].idx_name, works[t].in, bad[c], works[t].t.rows);
-  // Exclusive prefix in (bucket, chunk) order: each chunk's slice of each bucket.
-  for (size_t t = 0; t < works.size(); ++t) {
-    Work& w = works[t];
-    w.bstart.assign(w.nbuckets + 1, 0);
-    int64_t pos = 0;
-    for (int64_t p = 0; p < w.nbuckets; ++p) {
-      w.bstart[p] = pos;
-      for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
-        const int64_t n = hist[c][p];
-        hist[c][p] = pos;
-        pos += n;
-      }
-    }
-    w.bstart[w.nbuckets] = pos;
-  }
-  int64_t total = 0;
-  for (const Work& w : works) total += w.bstart.back();
-  EmbEntry* buf = storage.get(total);
-  for (Work& w : works) {
-    w.perm = buf;
-    buf += w.bstart.back();
-  }
-  parallel_each(chunks, [&](int64_t c) {
-    auto [t, begin] = locate(c);
-    Work& w = works[t];
-    std::vector<int64_t>& h = hist[c];
-    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
-    int64_t* const pos = h.data();
-    EmbEntry* const out = w.perm;
-    const EmbIndex in = w.in;
-    const int shift = w.shift;
-    if (w.bag_start) {
-      // bag of entry `begin`: the last bag starting at or before it (earlier
-      // bags with the same start are empty); then advance with i
-      const int64_t* st = w.bag_start;
-      int64_t b = std::upper_bound(st, st + w.bags + 1, begin) - st - 1;
-      for (int64_t i = begin; i < end; ++i) {
-        while (st[b + 1] <= i) ++b;
-        const int64_t r = idx_at(in, i);
-        if (r == in.padding_idx) continue;
-        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
-        *dst = EmbEntry{r, static_cast<int32_t>(b), static_cast<int32_t>(i)};
-        prefetch_store_stream(dst);
-      }
-    } else {
-      for (int64_t i = begin; i < end; ++i) {
-        const int64_t r = idx_at(in, i);
-        if (r == in.padding_idx) continue;
-        const int32_t e = static_cast<int32_t>(i);
-        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
-        *dst = EmbEntry{r, e, e};
-        prefetch_store_stream(dst);
-      }
-    }
-  });
-}
-
-// Runs fn(work, entries, n) on every bucket of every work item, in parallel.
-template <class Fn>
-void for_each_bucket(std::vector<Work>& works, Fn&& fn) {
-  std::vector<std::pair<int32_t, int32_t>> items;
-  for (size_t t = 0; t < works.size(); ++t)
-    for (int64_t p = 0; p < works[t].nbuckets; ++p)
-      if (works[t].bstart[p + 1] > works[t].bstart[p]) items.emplace_back(t, p);
-  parallel_each(static_cast<int64_t>(items.size()), [&](int64_t i) {
-    Work& w = works[items[i].first];
-    const int64_t p = items[i].second;
-    fn(w, w.perm + w.bstart[p], w.bstart[p + 1] - w.bstart[p]);
-  });
 }
 
 EmbHyper make_hyper(const char* op, int64_t kind, double lr, double eps, double beta1,
@@ -568,7 +346,7 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
       const std::vector<int64_t>& st = s.starts[t];
       for (int64_t b = b0; b < b1; ++b) {
         int64_t count = 0;
-        for (int64_t e = st[b]; e < st[b + 1]; ++e) count += idx_at(s.index[t], e) != s.index[t].padding_idx;
+        for (int64_t e = st[b]; e < st[b + 1]; ++e) count += row_of(s.index[t], e) != s.index[t].padding_idx;
         bag_scale[t][b] = count > 0 ? 1.0f / static_cast<float>(count) : 0.0f;
       }
     });
