@@ -119,7 +119,7 @@ def fbgemm_step(rows, dim, lr, optimizer):
 
 
 def ours_step(rows, dim, lr, optimizer, dtype):
-    emb = FusedEmbeddingBag(rows, dim, optimizer=optimizer, lr=lr, dtype=dtype)
+    emb = FusedEmbeddingBag(rows, dim, mode="sum", optimizer=optimizer, lr=lr, dtype=dtype)
 
     def step(idx, off):
         out = emb(idx, off)

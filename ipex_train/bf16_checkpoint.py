@@ -16,6 +16,7 @@ import torch
 
 from . import bf16_split
 from .optim._fused import TRAIL
+from .sparse.embedding import tables_as_fp32
 
 
 def _trail(optimizer, p):
@@ -42,7 +43,8 @@ def fp32_state_dict(model, optimizer=None):
     as ``state_dict`` gives them. The tensors are new, not views of the model.
     """
     _check_optimizer(model, optimizer, "fp32_state_dict")
-    sd = model.state_dict(keep_vars=True)
+    with tables_as_fp32():  # fused bf16 tables: exact fp32 weight, no trail
+        sd = model.state_dict(keep_vars=True)
     params = {id(p) for p in model.parameters()}
     out = type(sd)()
     for k, v in sd.items():
@@ -72,7 +74,8 @@ def load_fp32_state_dict(model, optimizer, state_dict, strict=True):
     """
     who = "load_fp32_state_dict"
     _check_optimizer(model, optimizer, who)
-    mine = model.state_dict(keep_vars=True)
+    with tables_as_fp32():  # fused tables take fp32 weights (split exactly on load)
+        mine = model.state_dict(keep_vars=True)
     if strict:
         missing = [k for k in mine if k not in state_dict]
         unexpected = [k for k in state_dict if k not in mine]

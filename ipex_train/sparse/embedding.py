@@ -29,18 +29,33 @@ The forward pools the bf16 weights (fp32 accumulation) and returns bfloat16.
 
 Typical use (DLRM: 26 tables)::
 
-    ebc = FusedEmbeddingBagCollection([(rows, 64) for rows in table_sizes],
+    ebc = FusedEmbeddingBagCollection([(rows, 64) for rows in table_sizes], mode="sum",
                                       optimizer="rowwise_adagrad", lr=0.05)
     sched = torch.optim.lr_scheduler.StepLR(ebc.optimizer, step_size=1000, gamma=0.5)
-    dense_opt = torch.optim.SGD(model.parameters(), lr=0.1)   # never sees the tables
-    out = ebc(indices, offsets)        # [B, 26 * 64]
-    loss_fn(top_mlp(out)).backward()   # <- the tables are updated here
-    dense_opt.step(); sched.step()     # sched sets ebc.optimizer's lr for the next backward
+    dense_opt = torch.optim.SGD(top_mlp.parameters(), lr=0.1)   # never sees the tables
+    for indices, offsets, target in batches:
+        out = ebc(indices, offsets)                # [B, 26 * 64]
+        loss_fn(top_mlp(out), target).backward()   # <- the tables are updated here
+        dense_opt.step(); dense_opt.zero_grad()
+        ebc.optimizer.step()   # a no-op, but lr schedulers expect it before their step
+        sched.step()           # sets ebc.optimizer's lr for the next backward
+
+``mode`` is required by the collection; ``FusedEmbeddingBag`` defaults to
+``"mean"`` as ``nn.EmbeddingBag`` does.
 
 State (``state_dict``): per table ``weight``, ``trail`` (bf16 storage) and
 ``state_sum`` (Adagrad: fp32 like the weight; row-wise Adagrad: fp32 [rows]),
-plus ``optimizer.state_dict()`` for the learning rate.
+plus ``optimizer.state_dict()`` for the learning rate. Inside
+``with tables_as_fp32():`` (used by ``ipex_train.fp32_state_dict``) a bf16
+table gives its exact fp32 master values as ``weight`` and no ``trail``.
+Loading takes either form into either storage, exactly: an fp32 ``weight``
+(e.g. from ``nn.EmbeddingBag``) is split into top and trail, a bf16 ``weight``
+without a ``trail`` gets a zero trail, ``weight`` + ``trail`` are joined for
+fp32 tables. ``.float()`` / ``.bfloat16()`` / ``.to(dtype)`` convert the
+storage exactly (fp32 <-> split bf16); other dtypes are refused.
 """
+import contextlib
+import contextvars
 import dataclasses
 from typing import List, Optional, Sequence, Union
 
@@ -51,6 +66,19 @@ from . import _ops
 
 _KINDS = {"sgd": _ops.SGD, "adagrad": _ops.ADAGRAD, "rowwise_adagrad": _ops.ROWWISE_ADAGRAD}
 _DEFAULT_EPS = {"sgd": 0.0, "adagrad": 1e-10, "rowwise_adagrad": 1e-8}
+_STORAGE = (torch.float32, torch.bfloat16)
+_AS_FP32 = contextvars.ContextVar("ipex_train_tables_as_fp32", default=False)
+
+
+@contextlib.contextmanager
+def tables_as_fp32():
+    """Within it, ``state_dict()`` gives every bf16 fused table as its exact fp32
+    master ``weight`` (no ``trail``): a state dict any fp32 model loads."""
+    token = _AS_FP32.set(True)
+    try:
+        yield
+    finally:
+        _AS_FP32.reset(token)
 
 
 @dataclasses.dataclass
@@ -132,6 +160,8 @@ class _Table(nn.Module):
         else:
             self.register_buffer("state_sum", _ops.table_tensor(shape, torch.float32).fill_(
                 float(init_accumulator)))
+        self.register_state_dict_post_hook(_table_state_dict)
+        self.register_load_state_dict_pre_hook(_table_load_pre)
 
     def master_weight(self) -> torch.Tensor:
         """The fp32 master values (a copy for split storage, the table itself for fp32)."""
@@ -150,16 +180,77 @@ class _Table(nn.Module):
             self.weight.copy_(top)
             self.trail.copy_(trail)
 
+    @torch.no_grad()
+    def _convert(self, dtype):
+        """Re-stores the table as fp32 or split bf16 (exact both ways)."""
+        if dtype == self.weight.dtype:
+            return
+        w = self.master_weight()
+        rows, dim = w.shape
+        if dtype == torch.float32:
+            self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.float32).copy_(w))
+            del self._buffers["trail"]
+            self.trail = None
+        else:
+            top, trail = split_fp32(w)
+            del w
+            self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.bfloat16).copy_(top))
+            del self.trail
+            self.register_buffer("trail", _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
+
     def _apply(self, fn, recurse=True):
-        # The tables keep their storage: dtype is fixed at construction (a cast
-        # would break the top/trail split), and the kernels are CPU-only.
-        for buf in self._buffers.values():
-            if buf is not None:
-                probe = fn(torch.empty(0, dtype=buf.dtype))
-                if probe.device.type != "cpu":
-                    raise RuntimeError("fused embedding tables live on the CPU; cannot move "
-                                       f"them to {probe.device}")
+        # A table alone keeps its storage: its collection converts all its
+        # tables together (FusedEmbeddingBagCollection._apply); CPU only.
+        target = _apply_target(fn)
+        if target != self.weight.dtype:
+            raise TypeError(f"a fused embedding table cannot be converted alone (to {target}); "
+                            "convert its FusedEmbeddingBagCollection")
         return self
+
+
+def _apply_target(fn):
+    """The floating dtype nn.Module._apply's `fn` converts to; refuses non-CPU devices."""
+    probe = fn(torch.empty(0, dtype=torch.float32))
+    if probe.device.type != "cpu":
+        raise RuntimeError("fused embedding tables live on the CPU; cannot move them to "
+                           f"{probe.device}")
+    return probe.dtype
+
+
+def _table_state_dict(table, state_dict, prefix, local_metadata):
+    # inside tables_as_fp32(): the exact fp32 master as "weight", no "trail"
+    if _AS_FP32.get() and table.trail is not None and prefix + "trail" in state_dict:
+        del state_dict[prefix + "trail"]
+        state_dict[prefix + "weight"] = table.master_weight()
+
+
+def _table_load_pre(table, state_dict, prefix, local_metadata, strict, missing, unexpected,
+                    errors):
+    """Brings a table's incoming weight (fp32, or bf16 with or without a trail) to
+    this table's storage, exactly: the loaded values become the fp32 master."""
+    wk, tk = prefix + "weight", prefix + "trail"
+    w, trail = state_dict.get(wk), state_dict.get(tk)
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        return  # missing or not a float tensor: load_state_dict reports it
+    if trail is not None:
+        if w.dtype != torch.bfloat16 or not isinstance(trail, torch.Tensor) \
+                or trail.dtype != torch.int16 or trail.shape != w.shape:
+            raise ValueError(f"state dict entry {tk!r} must be an int16 tensor of the shape of a "
+                             f"bfloat16 {wk!r}; got {wk!r} {w.dtype} {tuple(w.shape)} and "
+                             f"{tk!r} {getattr(trail, 'dtype', type(trail).__name__)} "
+                             f"{tuple(getattr(trail, 'shape', ()))}")
+        master = join_split(w.detach(), trail.detach())
+    elif w.dtype == torch.bfloat16:
+        master = None  # bf16 values: exact in either storage, trail 0
+    else:
+        master = w.detach().to(torch.float32)
+    if table.trail is None:
+        state_dict.pop(tk, None)
+        state_dict[wk] = (w.detach() if master is None else master).to(torch.float32)
+    elif master is None:
+        state_dict[tk] = torch.zeros(w.shape, dtype=torch.int16)
+    else:
+        state_dict[wk], state_dict[tk] = split_fp32(master)
 
 
 class _FusedLookup(torch.autograd.Function):
@@ -207,13 +298,15 @@ class FusedEmbeddingBagCollection(nn.Module):
 
     Args:
         tables: list of ``(num_embeddings, embedding_dim)`` pairs or ``TableConfig``.
-        mode: ``"sum"`` or ``"mean"`` (as nn.EmbeddingBag).
+        mode: ``"sum"`` or ``"mean"`` (as nn.EmbeddingBag), required: nn.EmbeddingBag
+            defaults to "mean", TorchRec and FBGEMM to sum.
         optimizer: ``"sgd"``, ``"adagrad"`` (torch.optim.Adagrad's sparse rule) or
             ``"rowwise_adagrad"`` (FBGEMM's EXACT_ROWWISE_ADAGRAD).
         lr, eps: the update's hyperparameters (eps defaults: 1e-10 Adagrad as torch,
             1e-8 row-wise as FBGEMM). ``lr`` lives in ``self.optimizer``.
         initial_accumulator_value: starting value of the Adagrad sums.
-        dtype: ``torch.float32`` or ``torch.bfloat16`` (split storage, bf16 output).
+        dtype: ``torch.float32`` or ``torch.bfloat16`` (split storage, bf16 output);
+            ``.float()`` / ``.bfloat16()`` / ``.to(dtype)`` convert it later, exactly.
         include_last_offset: as nn.EmbeddingBag.
 
     forward(indices, offsets=None, per_sample_weights=None): lists with one entry
@@ -222,7 +315,10 @@ class FusedEmbeddingBagCollection(nn.Module):
     Gradients reach ``per_sample_weights`` (mode "sum") if they require grad.
     """
 
-    def __init__(self, tables: Sequence[Union[TableConfig, tuple]], mode="sum",
+    # how forward's error messages name table t's arguments
+    _ARG_NAMES = ("indices[{}]", "offsets[{}]", "per_sample_weights[{}]")
+
+    def __init__(self, tables: Sequence[Union[TableConfig, tuple]], *, mode: str,
                  optimizer="sgd", lr=0.01, eps=None, initial_accumulator_value=0.0,
                  dtype=torch.float32, include_last_offset=False):
         super().__init__()
@@ -230,6 +326,8 @@ class FusedEmbeddingBagCollection(nn.Module):
             raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
         if optimizer not in _KINDS:
             raise ValueError(f"optimizer must be one of {sorted(_KINDS)}, got {optimizer!r}")
+        if dtype not in _STORAGE:
+            raise TypeError(f"dtype must be torch.float32 or torch.bfloat16 (split), got {dtype}")
         if lr < 0:
             raise ValueError(f"Invalid learning rate: {lr}")
         configs = [t if isinstance(t, TableConfig) else TableConfig(*t) for t in tables]
@@ -260,15 +358,34 @@ class FusedEmbeddingBagCollection(nn.Module):
     def _weights(self) -> List[torch.Tensor]:
         return [t._buffers["weight"] for t in self._tables]
 
+    def _apply(self, fn, recurse=True):
+        # .float() / .bfloat16() / .to(dtype) re-store every table exactly;
+        # other dtypes and devices are refused before anything changes.
+        target = _apply_target(fn)
+        if target != self.dtype:
+            if target not in _STORAGE:
+                raise TypeError(f"{type(self).__name__} stores float32 or bfloat16 (split) "
+                                f"tables; cannot convert to {target}")
+            for table in self._tables:
+                table._convert(target)
+            self.dtype = target
+            self.optimizer.param_groups[0]["params"] = [t.weight for t in self._tables]
+        return self
+
     def _bags(self, t, idx, off, psw):
         """Normalises one table's (indices, offsets, per_sample_weights) to 1-D."""
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"indices[{t}] must be a Tensor, got {type(idx).__name__}")
+        ni, no, nw = (n.format(t) for n in self._ARG_NAMES)
+        for name, x in ((ni, idx), (no, off), (nw, psw)):
+            if x is not None and not isinstance(x, torch.Tensor):
+                raise TypeError(f"{name} must be a Tensor, got {type(x).__name__}")
+            if x is not None and x.device.type != "cpu":
+                raise RuntimeError(f"{name} is on {x.device}, but the embedding tables are on "
+                                   "the CPU")
         if idx.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"indices[{t}] must be int32 or int64, got {idx.dtype}")
+            raise TypeError(f"{ni} must be int32 or int64, got {idx.dtype}")
         if idx.dim() == 2:
             if off is not None:
-                raise ValueError(f"offsets[{t}] must be None when indices[{t}] is 2-D [B, L]")
+                raise ValueError(f"{no} must be None when {ni} is 2-D [B, L]")
             b, l = idx.shape
             off = torch.arange(b + int(self.include_last_offset), dtype=idx.dtype) * l
             idx = idx.reshape(-1)
@@ -276,18 +393,18 @@ class FusedEmbeddingBagCollection(nn.Module):
                 psw = psw.reshape(-1)
         elif idx.dim() == 1:
             if off is None:
-                raise ValueError(f"offsets[{t}] is required when indices[{t}] is 1-D")
+                raise ValueError(f"{no} is required when {ni} is 1-D")
         else:
-            raise ValueError(f"indices[{t}] must be 1-D (with offsets) or 2-D [B, L], got shape "
+            raise ValueError(f"{ni} must be 1-D (with offsets) or 2-D [B, L], got shape "
                              f"{tuple(idx.shape)}")
         if psw is not None:
             if self.mode != "sum":
                 raise ValueError("per_sample_weights are only supported with mode='sum'")
             if psw.dtype != torch.float32:
-                raise TypeError(f"per_sample_weights[{t}] must be float32, got {psw.dtype}")
+                raise TypeError(f"{nw} must be float32, got {psw.dtype}")
             if tuple(psw.shape) != tuple(idx.shape):
-                raise ValueError(f"per_sample_weights[{t}] has shape {tuple(psw.shape)} but "
-                                 f"indices[{t}] has shape {tuple(idx.shape)}")
+                raise ValueError(f"{nw} has shape {tuple(psw.shape)} but {ni} has shape "
+                                 f"{tuple(idx.shape)}")
         return idx.contiguous(), off.contiguous(), psw
 
     def forward(self, indices: List[torch.Tensor], offsets: Optional[List] = None,
@@ -351,13 +468,16 @@ class FusedEmbeddingBagCollection(nn.Module):
 
 class FusedEmbeddingBag(FusedEmbeddingBagCollection):
     """One fused table with nn.EmbeddingBag's call: ``forward(input, offsets=None,
-    per_sample_weights=None) -> [B, embedding_dim]``. See FusedEmbeddingBagCollection
-    for the update-in-backward contract, lr scheduling and state.
+    per_sample_weights=None) -> [B, embedding_dim]``, and its default ``mode="mean"``.
+    See FusedEmbeddingBagCollection for the update-in-backward contract, lr
+    scheduling, state and dtype conversion.
 
     ``self.weight`` (and ``self.trail`` for bf16 split storage) is the table.
     """
 
-    def __init__(self, num_embeddings, embedding_dim, mode="sum", optimizer="sgd", lr=0.01,
+    _ARG_NAMES = ("input", "offsets", "per_sample_weights")
+
+    def __init__(self, num_embeddings, embedding_dim, mode="mean", optimizer="sgd", lr=0.01,
                  eps=None, initial_accumulator_value=0.0, dtype=torch.float32, padding_idx=None,
                  include_last_offset=False):
         super().__init__([TableConfig(num_embeddings, embedding_dim, "weight", padding_idx)],

@@ -20,6 +20,26 @@ import torch
 from . import _ops
 
 
+def _check_args(who, weight, **others):
+    """Refuses what the native op would not see or would update silently wrong:
+    tensors on another device than ``weight`` (a meta tensor among CPU ones
+    would route the call to the do-nothing fake kernel), and an in-place update
+    of a tensor autograd tracks (these ops have no derivative), as ``add_``."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{who}: weight must be a Tensor, got {type(weight).__name__}")
+    for name, t in others.items():
+        if isinstance(t, torch.Tensor) and t.device != weight.device:
+            raise RuntimeError(f"{who}: {name} is on {t.device} but weight is on "
+                               f"{weight.device}; all tensors must be on one device")
+    if torch.is_grad_enabled() and weight.requires_grad:
+        if weight.is_leaf:
+            raise RuntimeError(f"{who}: a leaf Variable that requires grad is being used in an "
+                               "in-place operation. Call it under torch.no_grad(), as "
+                               "optimizers do.")
+        raise RuntimeError(f"{who}: weight requires grad and {who} has no derivative; call it "
+                           "under torch.no_grad() on a tensor autograd does not track")
+
+
 def _sparse_parts(weight, grad, who):
     """(row indices [nnz], values [nnz, ...]) of a sparse COO grad for `weight`."""
     if not isinstance(grad, torch.Tensor) or grad.layout != torch.sparse_coo:
@@ -42,6 +62,7 @@ def sparse_add_(weight, grad, alpha=1.0, trail=None):
     Duplicate rows are all applied (their sum), in their original order per row.
     ``trail``: the int16 low halves of a split-bf16 ``weight``. Returns ``weight``.
     """
+    _check_args("sparse_add_", weight, grad=grad, trail=trail)
     idx, vals = _sparse_parts(weight, grad, "sparse_add_")
     torch.ops.ipex_train.sparse_add_(weight, trail, idx, vals, float(alpha))
     return weight
@@ -55,6 +76,11 @@ def sparse_sgd_(param, grad, lr, maximize=False, trail=None):
 
 def _row_update(kind, param, grad, trail, state1, state2, lr, eps, beta1=0.0, beta2=0.0,
                 step_size=0.0, maximize=False, who="", allow_dense=False):
+    states = {"exp_avg": state1, "exp_avg_sq": state2} if kind == _ops.ADAM else \
+        {"state_sum": state1}
+    _check_args(who, param, grad=grad, trail=trail, **states)
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"{who}: grad must be a Tensor, got {type(grad).__name__}")
     if grad.layout == torch.sparse_coo:
         idx, vals = _sparse_parts(param, grad, who)
     elif allow_dense:

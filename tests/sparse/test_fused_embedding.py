@@ -64,7 +64,7 @@ def test_single_table_matches_torch(optimizer, mode, extra, idx_dtype, include_l
 def test_collection_matches_torch(optimizer):
     gen = torch.Generator().manual_seed(1)
     shapes, bags = [(50, 4), (30, 9), (70, 16)], 11
-    ours = FusedEmbeddingBagCollection(shapes, optimizer=optimizer, lr=LR[optimizer])
+    ours = FusedEmbeddingBagCollection(shapes, mode="sum", optimizer=optimizer, lr=LR[optimizer])
     refs = [_reference(ours.table(i), optimizer, "sum", None, False) for i in range(3)]
     for _ in range(20):
         batch = [random_bags(r, bags, gen) for r, _ in shapes]
@@ -100,7 +100,7 @@ def test_bitwise_across_threads_and_isa(optimizer, dtype, threads):
     def run(n):
         threads(n)
         torch.manual_seed(0)
-        m = FusedEmbeddingBagCollection([(500, 16), (300, 5)], optimizer=optimizer, dtype=dtype)
+        m = FusedEmbeddingBagCollection([(500, 16), (300, 5)], mode="sum", optimizer=optimizer, dtype=dtype)
         outs = _train(m, 3, 0, 300)
         return outs, [m.table(i).master_weight().clone() for i in range(2)]
 
@@ -119,8 +119,8 @@ def test_bf16_split_update_equals_fp32(optimizer):
     """A bf16 table's master update is bit for bit the fp32 update with the same
     (bf16) gradient; its forward pools the bf16 weights and rounds to bf16."""
     torch.manual_seed(0)
-    b16 = FusedEmbeddingBag(60, 24, optimizer=optimizer, dtype=torch.bfloat16, padding_idx=2)
-    f32 = FusedEmbeddingBag(60, 24, optimizer=optimizer, dtype=torch.float32, padding_idx=2)
+    b16 = FusedEmbeddingBag(60, 24, mode="sum", optimizer=optimizer, dtype=torch.bfloat16, padding_idx=2)
+    f32 = FusedEmbeddingBag(60, 24, mode="sum", optimizer=optimizer, dtype=torch.float32, padding_idx=2)
     gen = torch.Generator().manual_seed(3)
     for _ in range(5):
         f32.table(0).set_master_weight(b16.table(0).master_weight())
@@ -147,7 +147,7 @@ def _unchanged(m, snap):
 
 def test_bad_inputs_raise_and_leave_tables_unchanged():
     torch.manual_seed(0)
-    m = FusedEmbeddingBagCollection([(10, 4), (20, 3)], optimizer="adagrad")
+    m = FusedEmbeddingBagCollection([(10, 4), (20, 3)], mode="sum", optimizer="adagrad")
     good_i = [torch.tensor([1, 2, 3]), torch.tensor([0, 19])]
     good_o = [torch.tensor([0, 2]), torch.tensor([0, 1])]
     m(good_i, good_o).sum().backward()
@@ -197,7 +197,7 @@ def test_out_of_range_ids_found_wherever_they_are(idx_dtype, dtype, isa_level, t
     table that has one, in any bag block, on any ISA level and thread count,
     and nothing is written."""
     threads(2)
-    m = FusedEmbeddingBagCollection([(50, 8), (30, 5)], optimizer="sgd", lr=0.1, dtype=dtype)
+    m = FusedEmbeddingBagCollection([(50, 8), (30, 5)], mode="sum", optimizer="sgd", lr=0.1, dtype=dtype)
     snap = _snapshot(m)
     big = torch.iinfo(idx_dtype).max
     offs = torch.arange(0, 200, 2)  # 100 bags of 2: several blocks of 32 bags
@@ -231,7 +231,7 @@ def test_out_of_range_ids_found_wherever_they_are(idx_dtype, dtype, isa_level, t
 
 def test_state_dict_round_trip_and_lr_schedule():
     torch.manual_seed(0)
-    a = FusedEmbeddingBagCollection([(100, 8)], optimizer="rowwise_adagrad", lr=0.1,
+    a = FusedEmbeddingBagCollection([(100, 8)], mode="sum", optimizer="rowwise_adagrad", lr=0.1,
                                     dtype=torch.bfloat16)
     assert set(a.state_dict()) == {"embedding_bags.t0.weight", "embedding_bags.t0.trail",
                                    "embedding_bags.t0.state_sum"}
@@ -241,7 +241,7 @@ def test_state_dict_round_trip_and_lr_schedule():
     sched.step()
     assert a.optimizer.param_groups[0]["lr"] == 0.05
     torch.manual_seed(1)
-    b = FusedEmbeddingBagCollection([(100, 8)], optimizer="rowwise_adagrad", lr=0.1,
+    b = FusedEmbeddingBagCollection([(100, 8)], mode="sum", optimizer="rowwise_adagrad", lr=0.1,
                                     dtype=torch.bfloat16)
     b.load_state_dict(a.state_dict())
     b.optimizer.load_state_dict(a.optimizer.state_dict())
@@ -258,7 +258,7 @@ def test_state_dict_round_trip_and_lr_schedule():
 
 def test_per_sample_weight_grads_match_torch():
     torch.manual_seed(0)
-    ours = FusedEmbeddingBag(30, 5, lr=0.1, padding_idx=4)
+    ours = FusedEmbeddingBag(30, 5, mode="sum", lr=0.1, padding_idx=4)
     ref = nn.EmbeddingBag(30, 5, mode="sum", sparse=True, padding_idx=4)
     with torch.no_grad():
         ref.weight.copy_(ours.weight)
@@ -278,7 +278,7 @@ def test_backward_refuses_changed_inputs_and_a_second_run():
     A second backward through the same forward raises too (it would apply the
     update twice)."""
     torch.manual_seed(0)
-    m = FusedEmbeddingBagCollection([(30, 4), (20, 3)], optimizer="sgd", lr=0.5)
+    m = FusedEmbeddingBagCollection([(30, 4), (20, 3)], mode="sum", optimizer="sgd", lr=0.5)
     idx = [torch.tensor([1, 2, 3]), torch.tensor([0, 19])]
     off = [torch.tensor([0, 2]), torch.tensor([0, 1])]
     for t, which in ((0, "indices"), (1, "offsets")):
@@ -309,8 +309,7 @@ def test_2d_input_no_grad_and_module_behaviour():
     w = m.weight.clone()
     with torch.no_grad():
         m(x)
-    m.to(torch.bfloat16)  # storage is fixed at construction
-    assert m.weight.dtype == torch.float32 and torch.equal(m.weight, w)
+    assert torch.equal(m.weight, w)
     out = m(x)
     out.sum().backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="twice"):

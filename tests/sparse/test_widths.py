@@ -25,8 +25,8 @@ def _batch(gen):
 def _twins(width, optimizer, dtype):
     """(width-W module, width-(W+1) module) with the same first W columns."""
     torch.manual_seed(width)
-    a = FusedEmbeddingBag(ROWS, width, optimizer=optimizer, lr=0.05, dtype=dtype)
-    b = FusedEmbeddingBag(ROWS, width + 1, optimizer=optimizer, lr=0.05, dtype=dtype)
+    a = FusedEmbeddingBag(ROWS, width, mode="sum", optimizer=optimizer, lr=0.05, dtype=dtype)
+    b = FusedEmbeddingBag(ROWS, width + 1, mode="sum", optimizer=optimizer, lr=0.05, dtype=dtype)
     extra = torch.randn(ROWS, 1)
     b.table(0).set_master_weight(torch.cat([a.table(0).master_weight(), extra], 1))
     if optimizer == "adagrad":
@@ -105,7 +105,7 @@ def test_rowwise_adagrad_at_compiled_widths(width, isa_level, threads):
     for n in (1, 2):
         threads(n)
         torch.manual_seed(width)
-        m = FusedEmbeddingBag(ROWS, width, optimizer="rowwise_adagrad", lr=0.05)
+        m = FusedEmbeddingBag(ROWS, width, mode="sum", optimizer="rowwise_adagrad", lr=0.05)
         ref = torch.nn.EmbeddingBag(ROWS, width, mode="sum", sparse=True)
         with torch.no_grad():
             ref.weight.copy_(m.table(0).master_weight())
