@@ -31,6 +31,11 @@ def weight(collection: FusedEmbeddingBagCollection, table: int) -> torch.Tensor:
     return collection.table(table).master_weight().detach().clone()
 
 
+def dtype(collection: FusedEmbeddingBagCollection) -> torch.dtype:
+    """`collection`'s table storage (it follows .float() / .bfloat16())."""
+    return collection.dtype
+
+
 def optimizer(collection: FusedEmbeddingBagCollection) -> torch.optim.Optimizer:
     """The torch.optim.Optimizer holding `collection`'s lr (for lr schedulers)."""
     return collection.optimizer

@@ -69,7 +69,7 @@ class FusedEBC(EmbeddingBagCollectionInterface):
         _check_config(tables, optimizer, lr, dtype, is_weighted, weights or {})
         self._configs = list(tables)
         self._is_weighted = is_weighted
-        self._optimizer, self._dtype = optimizer, dtype
+        self._optimizer = optimizer
         self._names = [n for names in get_embedding_names_by_table(tables) for n in names]
         self._dims = [t.embedding_dim for t in tables for _ in t.feature_names]
         self._read = sorted({f for t in tables for f in t.feature_names})
@@ -159,7 +159,9 @@ class FusedEBC(EmbeddingBagCollectionInterface):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._dtype
+        """Table storage: float32 or bfloat16 (split); ``.float()`` / ``.bfloat16()``
+        convert it exactly."""
+        return _backend.dtype(self.groups[0])
 
     def embedding_optimizers(self) -> List[torch.optim.Optimizer]:
         """The torch.optim.Optimizers holding the tables' lr (one per group):
@@ -198,6 +200,10 @@ class FusedEBC(EmbeddingBagCollectionInterface):
                              "support")
         if self._is_weighted and features.weights_or_none() is None:
             raise ValueError("this collection is weighted but features has no weights")
+        for what, t in (("values", features.values()), ("weights", features.weights_or_none())):
+            if t is not None and t.device.type != "cpu":
+                raise RuntimeError(f"features.{what}() is on {t.device}, but FusedEBC's tables "
+                                   "are on the CPU")
         if features.values().is_floating_point():
             raise TypeError(f"features.values() must hold integer ids, got "
                             f"{features.values().dtype}")
