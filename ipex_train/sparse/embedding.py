@@ -201,20 +201,24 @@ class _Table(nn.Module):
     def _apply(self, fn, recurse=True):
         # A table alone keeps its storage: its collection converts all its
         # tables together (FusedEmbeddingBagCollection._apply); CPU only.
-        target = _apply_target(fn)
+        target = _apply_target(fn, self.weight.dtype)
         if target != self.weight.dtype:
             raise TypeError(f"a fused embedding table cannot be converted alone (to {target}); "
                             "convert its FusedEmbeddingBagCollection")
         return self
 
 
-def _apply_target(fn):
-    """The floating dtype nn.Module._apply's `fn` converts to; refuses non-CPU devices."""
-    probe = fn(torch.empty(0, dtype=torch.float32))
-    if probe.device.type != "cpu":
-        raise RuntimeError("fused embedding tables live on the CPU; cannot move them to "
-                           f"{probe.device}")
-    return probe.dtype
+def _apply_target(fn, current):
+    """The storage dtype after nn.Module._apply's `fn` (`current` where `fn` keeps
+    dtypes, as .cpu() does); refuses non-CPU devices."""
+    probes = [fn(torch.empty(0, dtype=d)) for d in _STORAGE]
+    for p in probes:
+        if p.device.type != "cpu":
+            raise RuntimeError("fused embedding tables live on the CPU; cannot move them to "
+                               f"{p.device}")
+    if [p.dtype for p in probes] == list(_STORAGE):
+        return current
+    return probes[_STORAGE.index(current)].dtype
 
 
 def _table_state_dict(table, state_dict, prefix, local_metadata):
@@ -361,7 +365,7 @@ class FusedEmbeddingBagCollection(nn.Module):
     def _apply(self, fn, recurse=True):
         # .float() / .bfloat16() / .to(dtype) re-store every table exactly;
         # other dtypes and devices are refused before anything changes.
-        target = _apply_target(fn)
+        target = _apply_target(fn, self.dtype)
         if target != self.dtype:
             if target not in _STORAGE:
                 raise TypeError(f"{type(self).__name__} stores float32 or bfloat16 (split) "

@@ -188,6 +188,11 @@ def test_dtype_conversion_is_exact_and_trains_like_built_storage():
     one = FusedEmbeddingBag(10, 4).bfloat16()
     assert one.weight.dtype == BF16 and one.trail is not None
     assert one.optimizer.param_groups[0]["params"][0] is one.weight
+    w = one.table(0).master_weight()
+    for keep in (lambda x: x.cpu(), lambda x: x.to("cpu"), lambda x: x.share_memory(),
+                 lambda x: x.requires_grad_(False), lambda x: x.to(torch.bfloat16)):
+        keep(one)  # no dtype change: the storage stays split
+        assert one.dtype == BF16 and torch.equal(_bits(one.table(0).master_weight()), _bits(w))
 
 
 @pytest.mark.parametrize("convert", [lambda m: m.double(), lambda m: m.half(),
