@@ -2,7 +2,8 @@
 
 A snippet is a fenced block whose info string starts with ``python``; each runs
 in a fresh interpreter (a README reader starts from nothing), in an empty
-directory. ``python torchrun=N`` runs it in N processes with
+directory; one that imports torchrec carries the ``torchrec`` marker.
+``python torchrun=N`` runs it in N processes with
 ``torch.distributed.run --standalone`` (for snippets that need a process
 group). Python left in an unfenced or indented block fails the test, so no
 snippet escapes it.
@@ -43,7 +44,9 @@ def _blocks(text):
 
 
 BLOCKS, STRAY = _blocks(README.read_text())
-SNIPPETS = [(n, info, code) for n, info, code in BLOCKS if info.split()[:1] == ["python"]]
+SNIPPETS = [pytest.param(n, info, code, id=f"line{n}", marks=[pytest.mark.torchrec] if re.search(
+    r"^\s*(import|from) torchrec", code, re.M) else []) for n, info, code in BLOCKS
+    if info.split()[:1] == ["python"]]
 
 
 def test_python_is_only_in_python_blocks():
@@ -52,10 +55,8 @@ def test_python_is_only_in_python_blocks():
                        "fence them so that this test runs them")
 
 
-@pytest.mark.parametrize("line,info,code", SNIPPETS, ids=[f"line{n}" for n, _, _ in SNIPPETS])
+@pytest.mark.parametrize("line,info,code", SNIPPETS)
 def test_snippet_runs_as_written(line, info, code, tmp_path):
-    if re.search(r"^\s*import torchrec|^\s*from torchrec", code, re.M):
-        pytest.importorskip("torchrec")
     script = tmp_path / f"readme_line{line}.py"
     script.write_text(code)
     opts = dict(kv.split("=", 1) for kv in info.split()[1:])
@@ -65,6 +66,6 @@ def test_snippet_runs_as_written(line, info, code, tmp_path):
                     f"--nproc-per-node={opts['torchrun']}"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, (f"README.md snippet at line {line} failed:\n{code}\n"
                                f"--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-5000:]}")

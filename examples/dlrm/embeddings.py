@@ -51,7 +51,8 @@ class LocalTables(nn.Module):
             self.tables = None
         elif kind == "fused":
             self.tables = FusedEmbeddingBagCollection(
-                tables=[(r, dim) for r in self.rows], mode="sum", optimizer=optimizer, lr=lr, dtype=dtype)
+                tables=[(r, dim) for r in self.rows], mode="sum", optimizer=optimizer, lr=lr,
+                dtype=dtype)
             self._load_fused(weights)
         elif kind == "torch":
             self.tables = nn.ModuleList(

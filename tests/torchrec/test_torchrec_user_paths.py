@@ -2,12 +2,10 @@
 fp32 state dicts of bf16 tables, features on another device."""
 import pytest
 import torch
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
-pytest.importorskip("torchrec")
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor  # noqa: E402
-
-import ipex_train  # noqa: E402
-import ipex_train.torchrec as itr  # noqa: E402
+import ipex_train
+import ipex_train.torchrec as itr
 
 
 def _tables():
