@@ -2,7 +2,9 @@
 
 A snippet is a fenced block whose info string starts with ``python``; each runs
 in a fresh interpreter (a README reader starts from nothing), in an empty
-directory; one that imports torchrec carries the ``torchrec`` marker.
+directory, with UserWarnings as errors (the documented usage must not earn
+one, e.g. torch's lr-scheduler order warning); one that imports torchrec
+carries the ``torchrec`` marker.
 ``python torchrun=N`` runs it in N processes with
 ``torch.distributed.run --standalone`` (for snippets that need a process
 group). Python left in an unfenced or indented block fails the test, so no
@@ -64,7 +66,7 @@ def test_snippet_runs_as_written(line, info, code, tmp_path):
     if "torchrun" in opts:
         cmd[1:1] = ["-m", "torch.distributed.run", "--standalone",
                     f"--nproc-per-node={opts['torchrun']}"]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, PYTHONWARNINGS="error::UserWarning", PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
     assert r.returncode == 0, (f"README.md snippet at line {line} failed:\n{code}\n"
