@@ -29,7 +29,7 @@ if [ "$want" != "$have" ]; then
   done
   # ipex_train the way a developer installs it: editable, against this venv's
   # torch (no build isolation), dependencies already pinned above
-  echo "[bootstrap] pip install -e . (native build in build/)"
+  echo "[bootstrap] pip install -e . (native build in build/inplace)"
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
   echo "$want" > "$VENV/.deps-stamp"
 fi
