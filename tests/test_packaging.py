@@ -2,6 +2,7 @@
 paths in the native libraries, the ccl build switch; and, with
 IPEX_TRAIN_TEST_PACKAGING=1 (`make test-packaging`, 1-2 min with ccache warm,
 several without), `pip install .` of this checkout into a fresh venv."""
+import glob
 import json
 import os
 import re
@@ -209,9 +210,19 @@ def test_pip_install_into_fresh_venv(tmp_path):
     with open(os.path.join(site, "_reuse_parent.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     env = dict(_bare_env(), IPEX_TRAIN_CCL="off")
-    p = subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q",
-                        "--no-build-isolation", "--no-deps", "--no-index", ROOT],
-                       env=env, capture_output=True, text=True, timeout=1800)
+    try:
+        p = subprocess.run([sys.executable, "-m", "pip", "--python", py, "install", "-q",
+                            "--no-build-isolation", "--no-deps", "--no-index", ROOT],
+                           env=env, capture_output=True, text=True, timeout=1800)
+    finally:  # the build directory keyed on this throw-away venv
+        for d in glob.glob(os.path.join(ROOT, "build", "env-*")):
+            try:
+                with open(os.path.join(d, "ipex_train-config.json")) as f:
+                    mine = json.load(f)["prefix"] == str(venv)
+            except (OSError, ValueError, KeyError):
+                mine = False
+            if mine:
+                shutil.rmtree(d, ignore_errors=True)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     installed = os.path.join(site, "ipex_train")
     check_relocatable(installed, {ROOT, sys.prefix, str(venv)})
