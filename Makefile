@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast test-packaging bench clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -18,8 +18,12 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not multiproc" $(PYTEST_ARGS) tests
 
+# pip install . of this checkout into a fresh venv, checked from outside it
+test-packaging: setup
+	IPEX_TRAIN_TEST_PACKAGING=1 $(PY) -m pytest -q $(PYTEST_ARGS) tests/test_packaging.py
+
 bench: setup
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf build ipex_train/*.so
+	rm -rf build dist ipex_train/*.so ipex_train/*.so.2 ipex_train/_build.json

@@ -15,8 +15,7 @@ from . import sparse  # sparse-add, sparse optimizer rules, fused embeddings
 from . import bf16_split  # noqa: F401
 from ._optimize import optimize
 from .bf16_checkpoint import fp32_state_dict, load_fp32_state_dict
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["isa", "best_isa", "available_isas", "force_isa", "optim", "sparse", "optimize",
            "fp32_state_dict", "load_fp32_state_dict", "__version__"]

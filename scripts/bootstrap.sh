@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Idempotent setup: .venv with the pinned requirements, then the native build.
-# Each step leaves a stamp keyed on its inputs, so a second run does nothing.
+# Idempotent setup: .venv with the pinned requirements, then ipex_train itself
+# installed editable from pyproject.toml (which builds the native code in place).
+# The install step leaves a stamp keyed on its inputs, so a second run only
+# runs the incremental native build (a no-op when nothing changed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
+# the development setup always has the ccl process group: a missing oneCCL fails loudly
+export IPEX_TRAIN_CCL=${IPEX_TRAIN_CCL:-on}
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[bootstrap] creating $VENV"
   "$PY" -m venv "$VENV"
@@ -12,8 +16,8 @@ fi
 # Hash of everything that decides what gets installed.
 # Extra installers (oneCCL, MPI, TorchRec, ...) live one per file in
 # scripts/install.d/, run in name order with VENV set.
-want=$(cat requirements.txt setup.py scripts/bootstrap.sh scripts/install.d/*.sh 2>/dev/null \
-       | sha256sum | cut -c1-16) || true
+want=$(cat requirements.txt pyproject.toml setup.py ipex_train/install_extra.py \
+       scripts/bootstrap.sh scripts/install.d/*.sh 2>/dev/null | sha256sum | cut -c1-16) || true
 have=$(cat "$VENV/.deps-stamp" 2>/dev/null || true)
 if [ "$want" != "$have" ]; then
   echo "[bootstrap] installing pinned Python packages"
@@ -23,10 +27,10 @@ if [ "$want" != "$have" ]; then
     echo "[bootstrap] $f"
     VENV="$VENV" bash "$f"
   done
-  # editable install of ipex_train itself (console scripts, import path); the
-  # native build below is what compiles.
-  IPEX_TRAIN_SKIP_NATIVE=1 "$VENV/bin/pip" install -q --disable-pip-version-check \
-      --no-build-isolation --no-deps -e .
+  # ipex_train the way a developer installs it: editable, against this venv's
+  # torch (no build isolation), dependencies already pinned above
+  echo "[bootstrap] pip install -e . (native build in build/inplace)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps -e .
   echo "$want" > "$VENV/.deps-stamp"
 fi
 # Native build: incremental (cmake + ninja), a no-op when nothing changed.

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# TorchRec 1.8.0 for ipex_train.torchrec and the TorchRec comparisons.
+# TorchRec 1.8.0 for ipex_train.torchrec and the TorchRec comparisons: the
+# `torchrec` extra of pyproject.toml, pinned, then ipex_train/install_extra.py
+# for torchrec itself (and the check that it loads).
 #
 # torchrec's metadata asks for `fbgemm-gpu` (the ~500 MB CUDA build), which
 # ships the same `fbgemm_gpu` module as the CPU-only `fbgemm-gpu-cpu`. So
@@ -32,14 +34,7 @@ if ! installed; then
       tensordict==0.15.3 torchmetrics==1.0.3 tqdm==4.70.1 pyre-extensions==0.0.32 \
       cloudpickle==3.1.3 pyvers==0.2.3 lightning-utilities==0.15.3 packaging==26.4 \
       typing-inspect==0.9.0 mypy_extensions==1.2.0
-  "${PIP[@]}" -c "$constraints" --no-deps fbgemm-gpu-cpu==1.8.0 torchrec==1.8.0
+  "${PIP[@]}" -c "$constraints" --no-deps fbgemm-gpu-cpu==1.8.0
 fi
-
-"$VENV/bin/python" - <<'PY'
-import torch
-import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
-import torchrec
-assert torch.__version__.startswith("2.13.0"), torch.__version__
-assert hasattr(torch.ops.fbgemm, "asynchronous_complete_cumsum"), "fbgemm ops missing"
-print(f"[40-torchrec] torchrec {torchrec.__version__} ok on torch {torch.__version__}")
-PY
+# torchrec --no-deps (a no-op when present), then an import check that fails loudly
+"$VENV/bin/python" ipex_train/install_extra.py torchrec -q
