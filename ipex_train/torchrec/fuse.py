@@ -54,11 +54,15 @@ def fuse_embeddings(module: nn.Module, optimizer: str = "sgd", lr: float = 0.01,
 
 
 def dense_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
-    """Parameters of `module` outside every FusedEBC: what a dense optimizer gets."""
+    """Parameters of `module` outside every FusedEBC and other than sharded
+    tables updated in backward (TorchRec marks those `_in_backward_optimizers`):
+    what a dense optimizer gets."""
     inside = {id(p) for m in module.modules() if isinstance(m, FusedEBC)
               for p in m.parameters()}
     seen = set()
     for p in module.parameters():
+        if hasattr(p, "_in_backward_optimizers"):
+            continue
         if id(p) not in inside and id(p) not in seen:
             seen.add(id(p))
             yield p

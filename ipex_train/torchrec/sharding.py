@@ -1,0 +1,226 @@
+"""TorchRec sharders whose sharded EmbeddingBagCollection runs ipex_train's kernels.
+
+    model = DLRM(EmbeddingBagCollection(tables), ...)          # or fuse_embeddings(...)
+    sharders = ipex_train.torchrec.sharders(optimizer="rowwise_adagrad", lr=0.02)
+    plan = EmbeddingShardingPlanner(topology, constraints=...).collective_plan(
+        model, sharders, pg)
+    dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan,
+                                   sharders=sharders)
+
+Only the compute kernel changes: the sharded module is TorchRec's
+ShardedEmbeddingBagCollection with its own input distribution (KJT
+all-to-all), output distribution (pooled all-to-all / reduce-scatter),
+planner, state_dict (ShardedTensors) and fused optimizer; its lookups hold
+FusedShardKernel (_kernel.py) instead of FBGEMM's BatchedFusedEmbeddingBag.
+
+Sharding types: table-wise and row-wise (compute kernel "fused").
+Weights: a materialised source module's weights (and a FusedEBC's Adagrad
+sums) are copied into the shards; a meta-device module's shards start as
+TorchRec's do (uniform in +-1/sqrt(rows)).
+bf16 (dtype=torch.bfloat16): split storage; state_dict holds the fp32 master
+values of every shard (exact), and loading one writes them back exactly.
+Resharding to another world size: not supported (update_shards raises).
+"""
+from typing import Any, Dict, List, Optional, Type
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import (
+    EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection)
+from torchrec.distributed.types import ParameterSharding, ShardingEnv, ShardingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from ._kernel import DTYPE_KEY, FusedShardKernel, settings
+from .collection import FusedEBC
+from ipex_train.sparse.embedding import split_fp32
+
+SHARDING_TYPES = (ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value)
+
+
+class _Lookup(GroupedPooledEmbeddingsLookup):
+    """TorchRec's pooled lookup with our kernel for every group."""
+
+    def __init__(self, *args, ipex_sharding_type: ShardingType, **kwargs):
+        self._ipex_sharding_type = ipex_sharding_type
+        super().__init__(*args, **kwargs)
+
+    def _create_embedding_kernel(self, config, device, pg, sharding_type, env):
+        if config.compute_kernel != EmbeddingComputeKernel.FUSED:
+            raise ValueError(f"ipex_train sharder: compute kernel {config.compute_kernel.value} "
+                             "is not supported; the plan must use 'fused'")
+        return FusedShardKernel(config, pg, self._ipex_sharding_type)
+
+
+class ShardedFusedEBC(ShardedEmbeddingBagCollection):
+    """TorchRec's ShardedEmbeddingBagCollection whose local shards live in
+    ipex_train's fused tables (see the module docstring)."""
+
+    def __init__(self, module, table_name_to_parameter_sharding, env, fused_params=None,
+                 device=None, qcomm_codecs_registry=None, module_fqn=None,
+                 source_state: Optional[Dict[str, Dict[str, torch.Tensor]]] = None) -> None:
+        for name, ps in table_name_to_parameter_sharding.items():
+            if ps.sharding_type not in SHARDING_TYPES:
+                raise ValueError(f"ipex_train sharder: table {name!r} is planned "
+                                 f"{ps.sharding_type}; supported: {list(SHARDING_TYPES)}")
+        if device is not None and torch.device(device).type != "cpu":
+            raise ValueError(f"ipex_train sharder: the fused tables live on the CPU, got "
+                             f"device {device}")
+        super().__init__(module, table_name_to_parameter_sharding, env, fused_params, device,
+                         qcomm_codecs_registry, module_fqn)
+        if source_state:
+            self._load_source(source_state)
+        if any(k.tables()[0].trail is not None for k in self._kernels()):
+            self.register_state_dict_post_hook(_masters_out)
+            self._register_load_state_dict_pre_hook(_masters_in, with_module=True)
+
+    def _create_lookups(self) -> None:
+        for sharding, stype in zip(self._embedding_shardings, self._sharding_types):
+            self._lookups.append(_Lookup(
+                grouped_configs=sharding._grouped_embedding_configs, pg=sharding._pg,
+                device=torch.device("cpu"), env=sharding._env,
+                ipex_sharding_type=ShardingType(stype)))
+
+    def _kernels(self) -> List[FusedShardKernel]:
+        return [k for lookup in self._lookups for k in lookup._emb_modules]
+
+    def shards(self):
+        """(table config, kernel table) for every local shard: the config's
+        local_metadata gives its offsets, the table its storage."""
+        for k in self._kernels():
+            yield from zip(k.config.embedding_tables, k.tables())
+
+    @torch.no_grad()
+    def _load_source(self, source: Dict[str, Dict[str, torch.Tensor]]) -> None:
+        for cfg, tab in self.shards():
+            (r0, c0), (r, c) = cfg.local_metadata.shard_offsets, cfg.local_metadata.shard_sizes
+            src = source[cfg.name]
+            tab.set_master_weight(src["weight"][r0:r0 + r, c0:c0 + c])
+            s = src.get("state_sum")
+            if s is not None and tab.state_sum is not None and s.dim() == tab.state_sum.dim():
+                tab.state_sum.copy_(s[r0:r0 + r] if s.dim() == 1 else s[r0:r0 + r, c0:c0 + c])
+
+    def update_shards(self, *args, **kwargs):
+        raise NotImplementedError(
+            "ipex_train sharder: resharding (update_shards / a different world size) is not "
+            "supported; export the tables with state_dict at the old world size and load them "
+            "into an unsharded model (or a FusedEBC) instead")
+
+
+def _masters_out(module: ShardedFusedEBC, destination, prefix, local_metadata) -> None:
+    """bf16 tables: state_dict's weight shards become fp32 master copies."""
+    for cfg, tab in module.shards():
+        if tab.trail is None:
+            continue
+        key = f"{prefix}embedding_bags.{cfg.name}.weight"
+        st = destination[key]
+        meta = st.metadata()
+        meta.tensor_properties.dtype = torch.float32
+        destination[key] = ShardedTensor._init_from_local_shards_and_global_metadata(
+            [Shard(tab.master_weight(), cfg.local_metadata)], meta,
+            process_group=module._env.process_group)
+
+
+def _masters_in(module: ShardedFusedEBC, state_dict, prefix, *args) -> None:
+    """bf16 tables: loads fp32 masters (TorchRec's pre-hook, run before this
+    one, made them local tensors); the weight param then gets their top halves."""
+    for cfg, tab in module.shards():
+        key = f"{prefix}embedding_bags.{cfg.name}.weight"
+        if tab.trail is None or key not in state_dict:
+            continue
+        w = state_dict[key]
+        if w.dtype != torch.float32:
+            raise ValueError(f"{key}: a bf16-split table loads fp32 master values, got {w.dtype}")
+        tab.set_master_weight(w.view(tab.weight.shape))
+        state_dict[key] = split_fp32(w)[0]
+
+
+class FusedEBCSharder(EmbeddingBagCollectionSharder):
+    """Shards torchrec EmbeddingBagCollections onto ipex_train's fused kernels.
+
+    Args:
+        optimizer: "sgd", "adagrad" or "rowwise_adagrad" (or FBGEMM's
+            EmbOptimType EXACT_*), applied in backward.
+        lr, eps: its hyperparameters (eps: ipex_train.sparse's defaults if None).
+        dtype: torch.float32 or torch.bfloat16 (split storage).
+        fused_params: FBGEMM-style fused params; "optimizer", "learning_rate"
+            and "eps" there override the arguments above.
+    """
+
+    def __init__(self, optimizer: Any = "sgd", lr: float = 0.01,
+                 dtype: torch.dtype = torch.float32, eps: Optional[float] = None,
+                 fused_params: Optional[Dict[str, Any]] = None,
+                 qcomm_codecs_registry=None) -> None:
+        fp = {"optimizer": optimizer, "learning_rate": lr, DTYPE_KEY: dtype}
+        if eps is not None:
+            fp["eps"] = eps
+        fp.update(fused_params or {})
+        if fp[DTYPE_KEY] not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"dtype must be torch.float32 or torch.bfloat16, got {fp[DTYPE_KEY]}")
+        settings(fp)  # raise now on what the kernels do not run
+        super().__init__(fused_params=fp, qcomm_codecs_registry=qcomm_codecs_registry)
+
+    def sharding_types(self, compute_device_type: str) -> List[str]:
+        return list(SHARDING_TYPES)
+
+    def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:
+        return [EmbeddingComputeKernel.FUSED.value]
+
+    def shard(self, module, params: Dict[str, ParameterSharding], env: ShardingEnv,
+              device: Optional[torch.device] = None, module_fqn: Optional[str] = None
+              ) -> ShardedFusedEBC:
+        source = None
+        if not any(p.is_meta for p in module.parameters()):
+            source = {n: {"weight": bag.weight.detach()}
+                      for n, bag in module.embedding_bags.items()}
+        return ShardedFusedEBC(module, params, env, self.fused_params, device,
+                               self.qcomm_codecs_registry, module_fqn, source_state=source)
+
+    @property
+    def sharded_module_type(self) -> Type[ShardedFusedEBC]:
+        return ShardedFusedEBC
+
+
+class FusedEBCModuleSharder(FusedEBCSharder):
+    """Shards ipex_train's FusedEBC (models passed through fuse_embeddings):
+    its optimizer, lr, eps and dtype, weights and Adagrad sums carry over."""
+
+    def __init__(self, qcomm_codecs_registry=None) -> None:
+        super().__init__(qcomm_codecs_registry=qcomm_codecs_registry)
+
+    @property
+    def module_type(self) -> Type[FusedEBC]:
+        return FusedEBC
+
+    def shardable_parameters(self, module: FusedEBC) -> Dict[str, nn.Parameter]:
+        return {t.name: nn.Parameter(torch.empty(t.num_embeddings, t.embedding_dim,
+                                                 device="meta"), requires_grad=False)
+                for t in module.embedding_bag_configs()}
+
+    def shard(self, module: FusedEBC, params, env, device=None, module_fqn=None):
+        group_opt = module.embedding_optimizers()[0].param_groups[0]
+        fp = dict(self.fused_params, optimizer=module.optimizer,
+                  learning_rate=float(group_opt["lr"]), eps=float(group_opt["eps"]))
+        fp[DTYPE_KEY] = module.dtype
+        proxy = EmbeddingBagCollection(module.embedding_bag_configs(),
+                                       is_weighted=module.is_weighted(),
+                                       device=torch.device("meta"))
+        source = {}
+        for i, t in enumerate(module.embedding_bag_configs()):
+            g, pos, _ = module._where[i]
+            tab = module.groups[g].table(pos)
+            source[t.name] = {"weight": tab.master_weight(), "state_sum": tab.state_sum}
+        return ShardedFusedEBC(proxy, params, env, fp, device, self.qcomm_codecs_registry,
+                               module_fqn, source_state=source)
+
+
+def sharders(optimizer: Any = "sgd", lr: float = 0.01, dtype: torch.dtype = torch.float32,
+             eps: Optional[float] = None, fused_params: Optional[Dict[str, Any]] = None
+             ) -> List[EmbeddingBagCollectionSharder]:
+    """The sharders to give the planner and DistributedModelParallel: one for
+    torchrec EmbeddingBagCollections (trained with `optimizer`, `lr`, `dtype`)
+    and one for FusedEBCs (which keep their own settings)."""
+    return [FusedEBCSharder(optimizer, lr, dtype, eps, fused_params), FusedEBCModuleSharder()]

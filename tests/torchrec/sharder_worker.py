@@ -1,0 +1,311 @@
+"""One rank of the ipex_train sharder checks (run by test_sharder.py).
+
+For each case (sharding type, optimizer, dtype, weighting) the rank builds
+the same small model (EmbeddingBagCollection -> Linear), plans it with
+TorchRec's planner restricted to that sharding type, wraps it in
+DistributedModelParallel with ipex_train.torchrec.sharders(), trains STEPS
+steps on its own slice of a global batch, and after every step compares
+every local shard (fp32 master values, Adagrad sums) and the dense weights
+with an unsharded single-process reference: a FusedEBC with the same
+settings trained on the whole global batch, the loss being the mean of the
+ranks' losses (DDP averages dense gradients; TorchRec's all-to-all backward
+divides embedding gradients by the world size).
+
+Exactness: table-wise at 2 ranks runs the same arithmetic as the reference
+(each row's gradient summed over the same bags in the same order, every
+scaling a power of 2), so it must match bit for bit; row-wise pools partial
+sums per shard and 3 ranks scale by 1/3 in another order, so those compare
+within 1e-5 relative. The bf16 masters are held to the same rule.
+
+Extra checks (flags): "pipeline" runs TrainPipelineSparseDist for a few steps
+against the reference; "ckpt" saves the sharded state_dict and the fused
+optimizer's, trains on, reloads and retrains, and must repeat the same
+weights exactly; "fused" shards a model already passed through
+fuse_embeddings.
+
+Usage (env RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT set):
+    python sharder_worker.py BACKEND CASE [CASE ...]
+    CASE = sharding:optimizer:dtype:weighted[:flag,...], e.g. table_wise:sgd:fp32:0:ckpt
+"""
+import io
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.modules.embedding_configs import PoolingType
+
+import ipex_train.torchrec as itr
+
+LR = 0.05
+STEPS = 3
+BATCH = 5  # per rank
+TABLES = [  # name, rows, dim, features, pooling
+    ("t0", 23, 8, ["f0"], PoolingType.SUM),
+    ("t1", 9, 6, ["f1"], PoolingType.SUM),
+    ("t2", 17, 8, ["f2"], PoolingType.MEAN),
+    ("t3", 31, 4, ["f3", "f4"], PoolingType.SUM),  # one table, two features
+]
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def tables(weighted):
+    # weighted lookups need SUM pooling
+    return [EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d,
+                               feature_names=list(fs),
+                               pooling=PoolingType.SUM if weighted else p)
+            for n, r, d, fs, p in TABLES]
+
+
+FEATURES = [f for t in TABLES for f in t[3]]
+ROWS = {f: t[1] for t in TABLES for f in t[3]}
+WIDTH = sum(t[2] * len(t[3]) for t in TABLES)
+
+
+class Model(nn.Module):
+    """EBC -> pooled embeddings in sorted key order -> Linear -> one logit."""
+
+    def __init__(self, ebc):
+        super().__init__()
+        self.ebc = ebc
+        self.lin = nn.Linear(WIDTH, 1)
+
+    def forward(self, kjt):
+        return self.head(self.ebc(kjt))
+
+    def head(self, kt):
+        d = kt.to_dict()
+        return self.lin(torch.cat([d[k] for k in sorted(d)], dim=1)).squeeze(1)
+
+
+def batch(step, rank, weighted):
+    """Deterministic KJT for (step, rank) and its labels; bags of 0..3 ids."""
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    lengths = torch.randint(0, 4, (len(FEATURES), BATCH), generator=g)
+    values = torch.cat([torch.randint(0, ROWS[f], (int(lengths[i].sum()),), generator=g)
+                        for i, f in enumerate(FEATURES)])
+    weights = torch.rand(values.numel(), generator=g) + 0.5 if weighted else None
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATURES, values=values,
+                                              lengths=lengths.flatten(), weights=weights)
+    labels = torch.randint(0, 2, (BATCH,), generator=g).float()
+    return kjt, labels
+
+
+def global_batch(step, world, weighted):
+    """Every rank's KJT joined per key (rank 0's bags first) and the labels."""
+    parts = [batch(step, r, weighted) for r in range(world)]
+    values, lengths, weights = [], [], []
+    for f in FEATURES:
+        for kjt, _ in parts:
+            jt = kjt[f]
+            values.append(jt.values())
+            lengths.append(jt.lengths())
+            if weighted:
+                weights.append(jt.weights())
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=FEATURES, values=torch.cat(values), lengths=torch.cat(lengths),
+        weights=torch.cat(weights) if weighted else None)
+    return kjt, [y for _, y in parts]
+
+
+def loss_fn(logits, labels):
+    return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+
+class Reference:
+    """The unsharded run: a FusedEBC + Linear on the global batch."""
+
+    def __init__(self, opt, dtype, weighted, world):
+        torch.manual_seed(0)
+        self.model = Model(EmbeddingBagCollection(tables(weighted), is_weighted=weighted))
+        self.model.ebc = itr.FusedEBC.from_ebc(self.model.ebc, optimizer=opt, lr=LR,
+                                               dtype=dtype)
+        self.opt = torch.optim.SGD(self.model.lin.parameters(), lr=LR)
+        self.world, self.weighted = world, weighted
+
+    def step(self, step):
+        kjt, labels = global_batch(step, self.world, self.weighted)
+        kt = self.model.ebc(kjt)
+        rows = kt.values().split(BATCH)
+        losses = [loss_fn(self.model.lin(torch.cat(
+            [r.split(kt.length_per_key(), 1)[kt.keys().index(k)] for k in sorted(kt.keys())],
+            1)).squeeze(1), y) for r, y in zip(rows, labels)]
+        self.opt.zero_grad()
+        (sum(losses) / self.world).backward()
+        self.opt.step()
+        return losses
+
+    def fresh_model(self):
+        """A plain torchrec model with the reference's starting weights."""
+        torch.manual_seed(0)
+        return Model(EmbeddingBagCollection(tables(self.weighted), is_weighted=self.weighted))
+
+
+def plan(model, sharders, sharding, world):
+    constraints = {t[0]: ParameterConstraints(sharding_types=[sharding],
+                                              compute_kernels=["fused"]) for t in TABLES}
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
+                                       constraints=constraints)
+    p = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    assert all(ps.sharding_type == sharding for ps in p.plan["ebc"].values()), p
+    return p
+
+
+def shards_of(dmp):
+    sharded = dmp.module.ebc
+    assert isinstance(sharded, itr.ShardedFusedEBC), type(sharded)
+    return list(sharded.shards())
+
+
+def compare(dmp, ref, exact, what):
+    rtol, atol = (0, 0) if exact else (1e-5, 1e-6)
+    want = {}
+    for i, t in enumerate(ref.model.ebc.embedding_bag_configs()):
+        g, pos, _ = ref.model.ebc._where[i]
+        want[t.name] = ref.model.ebc.groups[g].table(pos)
+    n = 0
+    for cfg, tab in shards_of(dmp):
+        (r0, c0), (r, c) = cfg.local_metadata.shard_offsets, cfg.local_metadata.shard_sizes
+        src = want[cfg.name]
+        torch.testing.assert_close(tab.master_weight(), src.master_weight()[r0:r0 + r, c0:c0 + c],
+                                   rtol=rtol, atol=atol, msg=lambda m: f"{what} {cfg.name}: {m}")
+        if src.state_sum is not None:
+            s = src.state_sum[r0:r0 + r] if src.state_sum.dim() == 1 else \
+                src.state_sum[r0:r0 + r, c0:c0 + c]
+            torch.testing.assert_close(tab.state_sum, s, rtol=rtol, atol=atol,
+                                       msg=lambda m: f"{what} {cfg.name} state: {m}")
+        n += 1
+    for name, p in dmp.module.lin.named_parameters():
+        torch.testing.assert_close(p, getattr(ref.model.lin, name), rtol=rtol, atol=atol,
+                                   msg=lambda m: f"{what} lin.{name}: {m}")
+    return n
+
+
+def dense_optimizer(dmp):
+    return torch.optim.SGD(list(itr.dense_parameters(dmp)), lr=LR)
+
+
+def train(dmp, opt, ref, steps, rank, weighted, exact, what):
+    for step in steps:
+        kjt, labels = batch(step, rank, weighted)
+        loss = loss_fn(dmp(kjt), labels)
+        opt.zero_grad()
+        loss.backward()  # the shards update here
+        opt.step()
+        ref_losses = ref.step(step)
+        rtol, atol = (0, 0) if exact else (1e-5, 1e-6)
+        torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(), rtol=rtol, atol=atol)
+        compare(dmp, ref, exact, f"{what} step {step}")
+
+
+def run_case(case, rank, world, backend):
+    sharding, opt, dtype, weighted, *flags = case.split(":")
+    flags = set(flags[0].split(",")) if flags else set()
+    dtype, weighted = DTYPES[dtype], weighted == "1"
+    exact = sharding == "table_wise" and world == 2
+    ref = Reference(opt, dtype, weighted, world)
+    model = ref.fresh_model()
+    if "fused" in flags:  # a fuse_embeddings model keeps its settings and weights
+        model = itr.fuse_embeddings(model, optimizer=opt, lr=LR, dtype=dtype)
+        sharders = itr.sharders()
+    else:
+        sharders = itr.sharders(optimizer=opt, lr=LR, dtype=dtype)
+    p = plan(model, sharders, sharding, world)
+    dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=p,
+                                   sharders=sharders)
+    n = compare(dmp, ref, True, f"{case} after sharding")
+    dense = dense_optimizer(dmp)
+    if "pipeline" in flags:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+        from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+        kopt = KeyedOptimizerWrapper(dict(dmp.named_parameters()) and
+                                     {k: v for k, v in dmp.named_parameters()
+                                      if not hasattr(v, "_in_backward_optimizers")},
+                                     lambda params: torch.optim.SGD(params, lr=LR))
+        opt_all = CombinedOptimizer([dmp.fused_optimizer, kopt])
+        pipe = TrainPipelineSparseDist(dmp, opt_all, torch.device("cpu"))
+        data = iter([_Batch(*batch(s, rank, weighted)) for s in range(STEPS)])
+        for step in range(STEPS):
+            loss = pipe.progress(data)
+            ref_losses = ref.step(step)
+            torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(),
+                                       rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+            compare(dmp, ref, exact, f"{case} pipeline step {step}")
+    else:
+        train(dmp, dense, ref, range(STEPS), rank, weighted, exact, case)
+    if "ckpt" in flags:
+        check_checkpoint(dmp, dense, case, rank, weighted)
+    print(f"rank {rank}/{world} {backend} {case}: {STEPS} steps match on {n} shards",
+          flush=True)
+
+
+class _Batch:
+    """What TrainPipelineSparseDist moves around: a KJT and labels; the model
+    call returns (loss, output)."""
+
+    def __init__(self, kjt, labels):
+        self.kjt, self.labels = kjt, labels
+
+    def to(self, device, non_blocking=False):
+        return self
+
+    def record_stream(self, stream):
+        pass
+
+
+def check_checkpoint(dmp, dense, case, rank, weighted):
+    """save -> 2 more steps -> load -> the same 2 steps: identical weights."""
+    def snapshot():
+        return ([tab.master_weight().clone() for _, tab in shards_of(dmp)] +
+                [tab.state_sum.clone() for _, tab in shards_of(dmp)
+                 if tab.state_sum is not None] +
+                [p.detach().clone() for p in dmp.module.lin.parameters()])
+
+    buf = io.BytesIO()
+    torch.save({"model": dmp.state_dict(), "fused": dmp.fused_optimizer.state_dict(),
+                "dense": dense.state_dict()}, buf)
+    saved = snapshot()
+
+    def more_steps():
+        for step in (STEPS, STEPS + 1):
+            kjt, labels = batch(step, rank, weighted)
+            loss = loss_fn(dmp(kjt), labels)
+            dense.zero_grad()
+            loss.backward()
+            dense.step()
+        return snapshot()
+
+    after = more_steps()
+    assert any(not torch.equal(a, b) for a, b in zip(after, saved)), "training changed nothing"
+    buf.seek(0)
+    state = torch.load(buf, weights_only=False)
+    dmp.load_state_dict(state["model"])
+    dmp.fused_optimizer.load_state_dict(state["fused"])
+    dense.load_state_dict(state["dense"])
+    for a, b in zip(snapshot(), saved):
+        assert torch.equal(a, b), f"{case}: load_state_dict did not restore the saved values"
+    for a, b in zip(more_steps(), after):
+        assert torch.equal(a, b), f"{case}: resumed training differs from the first run"
+
+
+def main():
+    backend, cases = sys.argv[1], sys.argv[2:]
+    if backend == "ccl":
+        import ipex_train.distributed  # noqa: F401  (registers "ccl")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    assert dist.get_backend() == backend, dist.get_backend()
+    for case in cases:
+        run_case(case, rank, world, backend)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
