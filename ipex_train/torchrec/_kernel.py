@@ -94,7 +94,9 @@ def _sharded(table, local: torch.Tensor, pg) -> ShardedTensor:
     meta.tensor_properties.requires_grad = False
     mine = table.local_metadata
     if local.dim() == 1:
-        rows = lambda m: ShardMetadata([m.shard_sizes[0]], [m.shard_offsets[0]], m.placement)
+        def rows(m):
+            return ShardMetadata(shard_offsets=[m.shard_offsets[0]],
+                                 shard_sizes=[m.shard_sizes[0]], placement=m.placement)
         meta = ShardedTensorMetadata([rows(m) for m in meta.shards_metadata],
                                      torch.Size([meta.size[0]]), meta.tensor_properties)
         mine = rows(mine)

@@ -21,6 +21,7 @@ bf16 (dtype=torch.bfloat16): split storage; state_dict holds the fp32 master
 values of every shard (exact), and loading one writes them back exactly.
 Resharding to another world size: not supported (update_shards raises).
 """
+import dataclasses
 from typing import Any, Dict, List, Optional, Type
 
 import torch
@@ -32,6 +33,7 @@ from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import (
     EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection)
 from torchrec.distributed.types import ParameterSharding, ShardingEnv, ShardingType
+from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from ._kernel import DTYPE_KEY, FusedShardKernel, settings
@@ -73,9 +75,25 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
                          qcomm_codecs_registry, module_fqn)
         if source_state:
             self._load_source(source_state)
-        if any(k.tables()[0].trail is not None for k in self._kernels()):
+        if self._fused_dtype() == torch.bfloat16:
             self.register_state_dict_post_hook(_masters_out)
             self._register_load_state_dict_pre_hook(_masters_in, with_module=True)
+
+    def _initialize_torch_state(self, skip_registering: bool = False) -> None:
+        # TorchRec types each table's ShardedTensor by its config's data_type;
+        # bf16-split shards are stored as bf16, so say so while it builds them
+        configs = self._table_name_to_config
+        if self._fused_dtype() == torch.bfloat16:
+            self._table_name_to_config = {
+                n: dataclasses.replace(c, data_type=DataType.BF16) for n, c in configs.items()}
+        try:
+            super()._initialize_torch_state(skip_registering)
+        finally:
+            self._table_name_to_config = configs
+
+    def _fused_dtype(self) -> torch.dtype:
+        kernels = self._kernels()
+        return kernels[0].tables()[0].weight.dtype if kernels else torch.float32
 
     def _create_lookups(self) -> None:
         for sharding, stype in zip(self._embedding_shardings, self._sharding_types):

@@ -127,7 +127,7 @@ class Reference:
         self.model.ebc = itr.FusedEBC.from_ebc(self.model.ebc, optimizer=opt, lr=LR,
                                                dtype=dtype)
         self.opt = torch.optim.SGD(self.model.lin.parameters(), lr=LR)
-        self.world, self.weighted = world, weighted
+        self.world, self.weighted, self.dtype = world, weighted, dtype
 
     def step(self, step):
         kjt, labels = global_batch(step, self.world, self.weighted)
@@ -163,8 +163,16 @@ def shards_of(dmp):
     return list(sharded.shards())
 
 
+def tolerance(exact, dtype):
+    """(rtol, atol): none when exact; row-wise bf16 pools bf16 partial sums
+    per shard (the kernel returns bf16) where the reference rounds once."""
+    if exact:
+        return 0, 0
+    return (1e-5, 1e-6) if dtype == torch.float32 else (2e-3, 2e-4)
+
+
 def compare(dmp, ref, exact, what):
-    rtol, atol = (0, 0) if exact else (1e-5, 1e-6)
+    rtol, atol = tolerance(exact, ref.dtype)
     want = {}
     for i, t in enumerate(ref.model.ebc.embedding_bag_configs()):
         g, pos, _ = ref.model.ebc._where[i]
@@ -199,7 +207,7 @@ def train(dmp, opt, ref, steps, rank, weighted, exact, what):
         loss.backward()  # the shards update here
         opt.step()
         ref_losses = ref.step(step)
-        rtol, atol = (0, 0) if exact else (1e-5, 1e-6)
+        rtol, atol = tolerance(exact, ref.dtype)
         torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(), rtol=rtol, atol=atol)
         compare(dmp, ref, exact, f"{what} step {step}")
 
@@ -235,7 +243,8 @@ def run_case(case, rank, world, backend):
             loss = pipe.progress(data)
             ref_losses = ref.step(step)
             torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(),
-                                       rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
+                                       rtol=tolerance(exact, ref.dtype)[0],
+                                       atol=tolerance(exact, ref.dtype)[1])
             compare(dmp, ref, exact, f"{case} pipeline step {step}")
     else:
         train(dmp, dense, ref, range(STEPS), rank, weighted, exact, case)
