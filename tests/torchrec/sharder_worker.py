@@ -40,6 +40,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.modules.embedding_configs import PoolingType
+from torchrec.streamable import Pipelineable
 
 import ipex_train.torchrec as itr
 
@@ -80,8 +81,15 @@ class Model(nn.Module):
         return self.head(self.ebc(kjt))
 
     def head(self, kt):
-        d = kt.to_dict()
-        return self.lin(torch.cat([d[k] for k in sorted(d)], dim=1)).squeeze(1)
+        return self.lin(sorted_values(kt)).squeeze(1)
+
+
+@torch.fx.wrap
+def sorted_values(kt):
+    """The pooled values with keys in sorted order (sharded EBCs may order
+    them otherwise); a leaf for the pipeline's fx tracer."""
+    d = kt.to_dict()
+    return torch.cat([d[k] for k in sorted(d)], dim=1)
 
 
 def batch(step, rank, weighted):
@@ -133,13 +141,14 @@ class Reference:
         kjt, labels = global_batch(step, self.world, self.weighted)
         kt = self.model.ebc(kjt)
         rows = kt.values().split(BATCH)
-        losses = [loss_fn(self.model.lin(torch.cat(
+        logits = [self.model.lin(torch.cat(
             [r.split(kt.length_per_key(), 1)[kt.keys().index(k)] for k in sorted(kt.keys())],
-            1)).squeeze(1), y) for r, y in zip(rows, labels)]
+            1)).squeeze(1) for r in rows]
+        losses = [loss_fn(x, y) for x, y in zip(logits, labels)]
         self.opt.zero_grad()
         (sum(losses) / self.world).backward()
         self.opt.step()
-        return losses
+        return losses, logits
 
     def fresh_model(self):
         """A plain torchrec model with the reference's starting weights."""
@@ -153,12 +162,31 @@ def plan(model, sharders, sharding, world):
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
                                        constraints=constraints)
     p = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    assert all(ps.sharding_type == sharding for ps in p.plan["ebc"].values()), p
+    ebc_plan = next(v for k, v in p.plan.items() if k.endswith("ebc"))
+    assert all(ps.sharding_type == sharding for ps in ebc_plan.values()), p
     return p
 
 
+class TrainModel(nn.Module):
+    """What TrainPipelineSparseDist runs: batch -> (loss, logits)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, b):
+        logits = self.model(b.kjt)
+        return loss_fn(logits, b.labels), logits
+
+
+def inner(dmp):
+    """The Model inside a DMP (inside TrainModel for the pipeline)."""
+    m = dmp.module
+    return m.model if isinstance(m, TrainModel) else m
+
+
 def shards_of(dmp):
-    sharded = dmp.module.ebc
+    sharded = inner(dmp).ebc
     assert isinstance(sharded, itr.ShardedFusedEBC), type(sharded)
     return list(sharded.shards())
 
@@ -189,7 +217,7 @@ def compare(dmp, ref, exact, what):
             torch.testing.assert_close(tab.state_sum, s, rtol=rtol, atol=atol,
                                        msg=lambda m: f"{what} {cfg.name} state: {m}")
         n += 1
-    for name, p in dmp.module.lin.named_parameters():
+    for name, p in inner(dmp).lin.named_parameters():
         torch.testing.assert_close(p, getattr(ref.model.lin, name), rtol=rtol, atol=atol,
                                    msg=lambda m: f"{what} lin.{name}: {m}")
     return n
@@ -206,7 +234,7 @@ def train(dmp, opt, ref, steps, rank, weighted, exact, what):
         opt.zero_grad()
         loss.backward()  # the shards update here
         opt.step()
-        ref_losses = ref.step(step)
+        ref_losses, _ = ref.step(step)
         rtol, atol = tolerance(exact, ref.dtype)
         torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(), rtol=rtol, atol=atol)
         compare(dmp, ref, exact, f"{what} step {step}")
@@ -224,6 +252,8 @@ def run_case(case, rank, world, backend):
         sharders = itr.sharders()
     else:
         sharders = itr.sharders(optimizer=opt, lr=LR, dtype=dtype)
+    if "pipeline" in flags:
+        model = TrainModel(model)
     p = plan(model, sharders, sharding, world)
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=p,
                                    sharders=sharders)
@@ -232,17 +262,16 @@ def run_case(case, rank, world, backend):
     if "pipeline" in flags:
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
         from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-        kopt = KeyedOptimizerWrapper(dict(dmp.named_parameters()) and
-                                     {k: v for k, v in dmp.named_parameters()
-                                      if not hasattr(v, "_in_backward_optimizers")},
+        from torchrec.optim.optimizers import in_backward_optimizer_filter
+        kopt = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
                                      lambda params: torch.optim.SGD(params, lr=LR))
         opt_all = CombinedOptimizer([dmp.fused_optimizer, kopt])
         pipe = TrainPipelineSparseDist(dmp, opt_all, torch.device("cpu"))
         data = iter([_Batch(*batch(s, rank, weighted)) for s in range(STEPS)])
         for step in range(STEPS):
-            loss = pipe.progress(data)
-            ref_losses = ref.step(step)
-            torch.testing.assert_close(loss.detach(), ref_losses[rank].detach(),
+            logits = pipe.progress(data)
+            _, ref_logits = ref.step(step)
+            torch.testing.assert_close(logits.detach(), ref_logits[rank].detach(),
                                        rtol=tolerance(exact, ref.dtype)[0],
                                        atol=tolerance(exact, ref.dtype)[1])
             compare(dmp, ref, exact, f"{case} pipeline step {step}")
@@ -254,18 +283,19 @@ def run_case(case, rank, world, backend):
           flush=True)
 
 
-class _Batch:
-    """What TrainPipelineSparseDist moves around: a KJT and labels; the model
-    call returns (loss, output)."""
+class _Batch(Pipelineable):
+    """What TrainPipelineSparseDist moves around: a KJT and labels."""
 
     def __init__(self, kjt, labels):
         self.kjt, self.labels = kjt, labels
 
     def to(self, device, non_blocking=False):
-        return self
+        return _Batch(self.kjt.to(device, non_blocking=non_blocking),
+                      self.labels.to(device, non_blocking=non_blocking))
 
     def record_stream(self, stream):
-        pass
+        self.kjt.record_stream(stream)
+        self.labels.record_stream(stream)
 
 
 def check_checkpoint(dmp, dense, case, rank, weighted):
@@ -274,7 +304,7 @@ def check_checkpoint(dmp, dense, case, rank, weighted):
         return ([tab.master_weight().clone() for _, tab in shards_of(dmp)] +
                 [tab.state_sum.clone() for _, tab in shards_of(dmp)
                  if tab.state_sum is not None] +
-                [p.detach().clone() for p in dmp.module.lin.parameters()])
+                [p.detach().clone() for p in inner(dmp).lin.parameters()])
 
     buf = io.BytesIO()
     torch.save({"model": dmp.state_dict(), "fused": dmp.fused_optimizer.state_dict(),
