@@ -333,6 +333,33 @@ def check_checkpoint(dmp, dense, case, rank, weighted):
         assert torch.equal(a, b), f"{case}: resumed training differs from the first run"
 
 
+def check_refusals(rank, world, backend):
+    """What the sharder does not do fails loudly: a column-wise plan (made for
+    TorchRec's own sharder) and resharding."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    model = Reference("sgd", torch.float32, False, world).fresh_model()
+    cw = plan(model, [EmbeddingBagCollectionSharder()], "column_wise", world)
+    try:
+        DistributedModelParallel(model, device=torch.device("cpu"), plan=cw,
+                                 sharders=itr.sharders())
+    except ValueError as e:
+        assert "column_wise" in str(e) and "supported" in str(e), e
+    else:
+        raise AssertionError("a column-wise plan was accepted")
+    model = Reference("sgd", torch.float32, False, world).fresh_model()
+    sharders = itr.sharders()
+    dmp = DistributedModelParallel(model, device=torch.device("cpu"),
+                                   plan=plan(model, sharders, "table_wise", world),
+                                   sharders=sharders)
+    try:
+        dmp.module.ebc.update_shards({}, None, None)
+    except NotImplementedError as e:
+        assert "resharding" in str(e), e
+    else:
+        raise AssertionError("update_shards did not refuse")
+    print(f"rank {rank}/{world} {backend} refusals: ok", flush=True)
+
+
 def main():
     backend, cases = sys.argv[1], sys.argv[2:]
     if backend == "ccl":
@@ -341,7 +368,10 @@ def main():
     dist.init_process_group(backend, rank=rank, world_size=world)
     assert dist.get_backend() == backend, dist.get_backend()
     for case in cases:
-        run_case(case, rank, world, backend)
+        if case == "refusals":
+            check_refusals(rank, world, backend)
+        else:
+            run_case(case, rank, world, backend)
     dist.barrier()
     dist.destroy_process_group()
 
