@@ -1,0 +1,199 @@
+"""Sharded training step: DistributedModelParallel with ipex_train's sharder vs FBGEMM's.
+
+One question: at 2 ranks on 127.0.0.1, how long does one DMP training step
+(KJT all-to-all, lookup, pooled all-to-all / reduce-scatter, dense forward
+and backward, the tables' fused update) take when the shards run on our
+kernels (ipex_train.torchrec.sharders()) against TorchRec's default sharder
+(FBGEMM's fused CPU kernel, the peer), same model, same optimizer, same run?
+Table-wise and row-wise over "ccl"; then ours over gloo and ccl.
+
+The model is benchmarks/torchrec_ebc.py's: 26 Criteo-shaped tables (rows
+capped by --rows), dim 64, one Zipf-skewed id per feature, --batch samples
+per rank, then a Linear to one logit. Prints median ms per step (rank 0;
+every rank runs in lockstep) and the ratio.
+
+    python benchmarks/torchrec_dmp.py [--rows 100000] [--batch 1024] [--steps 10]
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _fbgemm_sharder_class():
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    class FbgemmSharder(EmbeddingBagCollectionSharder):
+        """TorchRec's default sharder; its CPU list lacks row-wise, which its
+        FBGEMM kernel runs fine on CPU, so row-wise is added for the peer rows."""
+
+        def sharding_types(self, compute_device_type):
+            return super().sharding_types(compute_device_type) + ["row_wise"]
+
+    return FbgemmSharder
+
+
+def build(kind, sharding, opt, args, world):
+    """A DMP of the benchmark model sharded by `kind` ("ours", "ours bf16", "fbgemm")."""
+    import torch
+    import torch.distributed as dist
+    from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torch import nn
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    import ipex_train.torchrec as itr
+    from torchrec_ebc import CRITEO
+
+    rows = [min(r, args.rows) for r in CRITEO]
+    tables = [EmbeddingBagConfig(name=f"t{i}", num_embeddings=r, embedding_dim=args.dim,
+                                 feature_names=[f"f{i}"]) for i, r in enumerate(rows)]
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ebc = EmbeddingBagCollection(tables, device=torch.device("meta"))
+            self.lin = nn.Linear(len(rows) * args.dim, 1)
+
+        def forward(self, kjt):
+            return self.lin(self.ebc(kjt).values()).squeeze(1)
+
+    torch.manual_seed(0)
+    model = Model()
+    _FbgemmSharder = _fbgemm_sharder_class()
+    if kind == "fbgemm":
+        fbgemm_opt = {"sgd": EmbOptimType.EXACT_SGD,
+                      "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD}[opt]
+        sharders = [_FbgemmSharder(
+            fused_params={"optimizer": fbgemm_opt, "learning_rate": 0.01})]
+    else:
+        sharders = itr.sharders(optimizer=opt, lr=0.01,
+                                dtype=torch.bfloat16 if "bf16" in kind else torch.float32)
+    constraints = {t.name: ParameterConstraints(sharding_types=[sharding],
+                                                compute_kernels=["fused"]) for t in tables}
+    planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
+                                       constraints=constraints)
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan,
+                                   sharders=sharders)
+    dense = torch.optim.SGD([p for n, p in dmp.named_parameters()
+                             if not hasattr(p, "_in_backward_optimizers")], lr=0.01)
+    return dmp, dense
+
+
+def worker(args):
+    """One rank: builds every configuration, then times them in rounds."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+
+    from torchrec_ebc import CRITEO, batches
+
+    if args.backend == "ccl":
+        import ipex_train.distributed  # noqa: F401  (registers "ccl")
+    torch.set_num_threads(args.threads)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group(args.backend, rank=rank, world_size=world)
+    rows = [min(r, args.rows) for r in CRITEO]
+    data = batches(rows, args.batch, args.steps + 2, seed=rank)
+    labels = torch.randint(0, 2, (args.batch,), generator=torch.Generator().manual_seed(rank))
+    runs = {}
+    for sharding in args.shardings:
+        for kind in args.kinds:
+            runs[(sharding, kind)] = build(kind, sharding, args.optimizer, args, world)
+
+    def step(dmp, dense, kjt):
+        t = time.perf_counter()
+        loss = nn.functional.binary_cross_entropy_with_logits(dmp(kjt), labels.float())
+        dense.zero_grad()
+        loss.backward()
+        dense.step()
+        return (time.perf_counter() - t) * 1e3
+
+    times = {key: [] for key in runs}
+    for _ in range(args.rounds):  # blocks per configuration, rounds spread the noise
+        for key, (dmp, dense) in runs.items():
+            dist.barrier()
+            for kjt in data[:2]:
+                step(dmp, dense, kjt)
+            times[key] += [step(dmp, dense, kjt) for kjt in data[2:]]
+    med = {f"{s}|{k}": sorted(t)[len(t) // 2] for (s, k), t in times.items()}
+    if rank == 0:
+        print("RESULT " + json.dumps(med), flush=True)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def launch(args, backend, kinds, shardings, world=2):
+    """Runs `world` ranks of this script; returns rank 0's {sharding|kind: ms}."""
+    from launchers._ports import free_port
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
+               WORLD_SIZE=str(world), OMP_NUM_THREADS=str(args.threads),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--kinds", *kinds,
+           "--shardings", *shardings, "--rows", str(args.rows), "--batch", str(args.batch),
+           "--dim", str(args.dim), "--steps", str(args.steps), "--rounds", str(args.rounds),
+           "--optimizer", args.optimizer, "--threads", str(args.threads)]
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(world)]
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=args.timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outs):
+        if p.returncode != 0:
+            sys.exit(f"a {backend} rank failed:\n{out[-4000:]}")
+    line = next(l for l in outs[0].splitlines() if l.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000, help="cap on rows per table")
+    ap.add_argument("--batch", type=int, default=1024, help="samples per rank")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--optimizer", default="sgd", choices=["sgd", "rowwise_adagrad"])
+    ap.add_argument("--threads", type=int, default=1, help="threads per rank")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per launch")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--backend", default="ccl", help=argparse.SUPPRESS)
+    ap.add_argument("--kinds", nargs="+", help=argparse.SUPPRESS)
+    ap.add_argument("--shardings", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    shardings = ["table_wise", "row_wise"]
+    ccl = launch(args, "ccl", ["fbgemm", "ours", "ours bf16"], shardings)
+    gloo = launch(args, "gloo", ["ours"], shardings)
+    print(f"2 ranks x {args.threads} thread(s) on 127.0.0.1, 26 tables (rows capped at "
+          f"{args.rows}), dim {args.dim}, batch {args.batch} per rank, {args.optimizer}; "
+          "median ms per DMP training step")
+    for s in shardings:
+        peer = ccl[f"{s}|fbgemm"]
+        print(f"{s:10s} ccl  torchrec+FBGEMM   {peer:8.2f} ms")
+        for kind in ("ours", "ours bf16"):
+            t = ccl[f"{s}|{kind}"]
+            print(f"{s:10s} ccl  {kind:17s} {t:8.2f} ms   speedup vs peer {peer / t:5.2f}x")
+        g = gloo[f"{s}|ours"]
+        print(f"{s:10s} gloo {'ours':17s} {g:8.2f} ms   ccl vs gloo {g / ccl[f'{s}|ours']:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
