@@ -19,7 +19,12 @@ sums) are copied into the shards; a meta-device module's shards start as
 TorchRec's do (uniform in +-1/sqrt(rows)).
 bf16 (dtype=torch.bfloat16): split storage; state_dict holds the fp32 master
 values of every shard (exact), and loading one writes them back exactly.
-Resharding to another world size: not supported (update_shards raises).
+Checkpoints: dmp.state_dict() and dmp.fused_optimizer.state_dict() (the
+Adagrad sums, "<table>.momentum1") hold ShardedTensors over the live shards.
+torch.save of them resumes exactly at the same world size and plan; saved
+with torch.distributed.checkpoint they load at another world size or plan
+(TorchRec's resharding path, tested 2 -> 3 ranks, table-wise -> row-wise).
+In-place resharding of a live model (update_shards, DMP.reshard) raises.
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Type
@@ -123,9 +128,9 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
 
     def update_shards(self, *args, **kwargs):
         raise NotImplementedError(
-            "ipex_train sharder: resharding (update_shards / a different world size) is not "
-            "supported; export the tables with state_dict at the old world size and load them "
-            "into an unsharded model (or a FusedEBC) instead")
+            "ipex_train sharder: in-place resharding (update_shards) is not supported; save "
+            "the state_dict with torch.distributed.checkpoint and load it into a model "
+            "sharded by the new plan")
 
 
 def _masters_out(module: ShardedFusedEBC, destination, prefix, local_metadata) -> None:

@@ -29,18 +29,21 @@ LAUNCHES = {
                          "row_wise:adagrad:fp32:0:pipeline",
                          "row_wise:sgd:bf16:1:ckpt",
                          "table_wise:adagrad:fp32:0:fused"]),
-    "2-gloo": (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "table_wise:adagrad:bf16:0:ckpt",
-                           "refusals"]),
     "3-ccl": (3, "ccl", ["table_wise:adagrad:fp32:1:ckpt", "row_wise:sgd:fp32:0:fused",
                          "row_wise:rowwise_adagrad:fp32:1:pipeline"]),
-    "3-gloo": (3, "gloo", ["row_wise:sgd:bf16:0", "table_wise:rowwise_adagrad:fp32:1"]),
 }
+# gloo: a checkpoint saved at 2 ranks (torch.distributed.checkpoint) loads at 3
+# ranks under another plan: TorchRec's resharding path, fp32 and bf16 masters
+SAVE = (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "refusals",
+                    "table_wise:adagrad:fp32:0:dcpsave", "table_wise:adagrad:bf16:0:ckpt"])
+LOAD = (3, "gloo", ["row_wise:sgd:bf16:0", "table_wise:rowwise_adagrad:fp32:1",
+                    "row_wise:adagrad:fp32:0:dcpload"])
 
 
-def run_ranks(world, backend, cases):
+def run_ranks(world, backend, cases, ckpt_dir=""):
     """Starts `world` worker processes; returns [(returncode, output)]."""
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
+               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", SHARDER_CKPT_DIR=str(ckpt_dir))
     procs = [subprocess.Popen([sys.executable, str(WORKER), backend, *cases],
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -58,17 +61,25 @@ def run_ranks(world, backend, cases):
     return results
 
 
-@pytest.mark.parametrize("launch", sorted(LAUNCHES))
-def test_sharded_training_matches_unsharded(launch):
-    world, backend, cases = LAUNCHES[launch]
-    results = run_ranks(world, backend, cases)
+def check(results, world, backend, cases):
     for rank, (rc, out) in enumerate(results):
-        assert rc == 0, f"rank {rank} failed ({launch}):\n{out[-5000:]}"
+        assert rc == 0, f"rank {rank} failed ({world} ranks, {backend}):\n{out[-5000:]}"
         for case in cases:
             if case == "refusals":
                 assert f"rank {rank}/{world} {backend} refusals: ok" in out, out[-3000:]
             else:
                 assert f"rank {rank}/{world} {backend} {case}: 3 steps match" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("launch", sorted(LAUNCHES))
+def test_sharded_training_matches_unsharded(launch):
+    world, backend, cases = LAUNCHES[launch]
+    check(run_ranks(world, backend, cases), world, backend, cases)
+
+
+def test_gloo_and_checkpoint_across_world_sizes(tmp_path):
+    check(run_ranks(*SAVE, ckpt_dir=tmp_path), *SAVE)
+    check(run_ranks(*LOAD, ckpt_dir=tmp_path), *LOAD)
 
 
 @pytest.mark.parametrize("kwargs, match", [
