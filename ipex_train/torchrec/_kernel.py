@@ -32,6 +32,7 @@ from torchrec.modules.embedding_configs import (
 from torchrec.optim.fused import EmptyFusedOptimizer, FusedOptimizer, FusedOptimizerModule
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from . import _backend
 from .collection import FusedEBC
 
 # fused_params["optimizer"]: FBGEMM's names (as EmbeddingBagCollectionSharder takes) or ours
@@ -138,7 +139,21 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         return self._config
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        return self._ebc(features).values()
+        if not self._ebc._direct:  # shared tables: FusedEBC joins their features' bags
+            return self._ebc(features).values()
+        # one table per feature, in key order: per-table views in a few ops
+        keys, batch = features.keys(), features.stride()
+        if features.variable_stride_per_key() or len(keys) != len(self._ebc._names):
+            return self._ebc(features).values()  # FusedEBC raises on what it cannot run
+        lengths = features.length_per_key()
+        offsets = features.offsets().view(-1)
+        per_key = torch.cat([offsets[:-1].view(len(keys), batch),
+                             offsets[batch::batch].view(len(keys), 1)], dim=1)
+        per_key = (per_key - per_key[:, :1]).unbind(0)  # each key's [B + 1], from 0
+        indices = features.values().split(lengths)
+        weights = features.weights().split(lengths) if self._config.is_weighted else None
+        return _backend.lookup(self._ebc.groups[0], list(indices), list(per_key),
+                               None if weights is None else list(weights)).float()
 
     @property
     def fused_optimizer(self) -> FusedOptimizer:

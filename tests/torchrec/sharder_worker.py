@@ -17,7 +17,8 @@ scaling a power of 2), so it must match bit for bit; row-wise pools partial
 sums per shard and 3 ranks scale by 1/3 in another order, so those compare
 within 1e-5 relative. The bf16 masters are held to the same rule.
 
-Extra checks (flags): "pipeline" runs TrainPipelineSparseDist for a few steps
+Extra checks (flags): "single" gives every table one feature (the kernel's
+fast path: per-table views of the KJT); "pipeline" runs TrainPipelineSparseDist for a few steps
 against the reference; "ckpt" saves the sharded state_dict and the fused
 optimizer's, trains on, reloads and retrains, and must repeat the same
 weights exactly; "fused" shards a model already passed through
@@ -56,17 +57,23 @@ TABLES = [  # name, rows, dim, features, pooling
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
+SHARED = True  # False ("single" flag): t3 reads only f3, every table one feature
+
+
 def tables(weighted):
     # weighted lookups need SUM pooling
     return [EmbeddingBagConfig(name=n, num_embeddings=r, embedding_dim=d,
-                               feature_names=list(fs),
+                               feature_names=list(fs) if SHARED else fs[:1],
                                pooling=PoolingType.SUM if weighted else p)
             for n, r, d, fs, p in TABLES]
 
 
 FEATURES = [f for t in TABLES for f in t[3]]
 ROWS = {f: t[1] for t in TABLES for f in t[3]}
-WIDTH = sum(t[2] * len(t[3]) for t in TABLES)
+
+
+def width():
+    return sum(t.embedding_dim * len(t.feature_names) for t in tables(False))
 
 
 class Model(nn.Module):
@@ -75,7 +82,7 @@ class Model(nn.Module):
     def __init__(self, ebc):
         super().__init__()
         self.ebc = ebc
-        self.lin = nn.Linear(WIDTH, 1)
+        self.lin = nn.Linear(width(), 1)
 
     def forward(self, kjt):
         return self.head(self.ebc(kjt))
@@ -244,6 +251,8 @@ def run_case(case, rank, world, backend):
     sharding, opt, dtype, weighted, *flags = case.split(":")
     flags = set(flags[0].split(",")) if flags else set()
     dtype, weighted = DTYPES[dtype], weighted == "1"
+    global SHARED
+    SHARED = "single" not in flags
     exact = sharding == "table_wise" and world == 2
     ref = Reference(opt, dtype, weighted, world)
     model = ref.fresh_model()

@@ -25,11 +25,11 @@ TIMEOUT_S = 240
 LAUNCHES = {
     # table-wise at 2 ranks is bit-exact (fp32 and bf16 masters)
     "2-ccl": (2, "ccl", ["table_wise:sgd:fp32:0:ckpt",
-                         "table_wise:rowwise_adagrad:bf16:1",
+                         "table_wise:rowwise_adagrad:bf16:1:single",
                          "row_wise:adagrad:fp32:0:pipeline",
                          "row_wise:sgd:bf16:1:ckpt",
                          "table_wise:adagrad:fp32:0:fused"]),
-    "3-ccl": (3, "ccl", ["table_wise:adagrad:fp32:1:ckpt", "row_wise:sgd:fp32:0:fused",
+    "3-ccl": (3, "ccl", ["table_wise:adagrad:fp32:1:ckpt", "row_wise:sgd:fp32:0:fused,single",
                          "row_wise:rowwise_adagrad:fp32:1:pipeline"]),
 }
 # gloo: a checkpoint saved at 2 ranks (torch.distributed.checkpoint) loads at 3
