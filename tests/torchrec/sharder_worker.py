@@ -231,7 +231,10 @@ def compare(dmp, ref, exact, what):
 
 
 def dense_optimizer(dmp):
-    return torch.optim.SGD(list(itr.dense_parameters(dmp)), lr=LR)
+    dense = list(itr.dense_parameters(dmp))  # not the shards' parameter views
+    assert {id(p) for p in dense} == {id(p) for p in inner(dmp).lin.parameters()}, \
+        [n for n, _ in dmp.named_parameters()]
+    return torch.optim.SGD(dense, lr=LR)
 
 
 def train(dmp, opt, ref, steps, rank, weighted, exact, what):
