@@ -139,7 +139,7 @@ def worker(args):
 
 def launch(args, backend, kinds, shardings, world=2):
     """Runs `world` ranks of this script; returns rank 0's {sharding|kind: ms}."""
-    from launchers._ports import free_port
+    from ipex_train.launch._ports import free_port
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
                WORLD_SIZE=str(world), OMP_NUM_THREADS=str(args.threads),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

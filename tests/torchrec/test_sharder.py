@@ -6,21 +6,19 @@ checks, after every step, each local shard and the dense weights against an
 unsharded single-process run (see sharder_worker.py for the exactness rules).
 Case syntax: sharding:optimizer:dtype:weighted[:flags].
 """
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-pytest.importorskip("torchrec")
-from launchers._ports import free_port  # noqa: E402
+import ipex_train.torchrec as itr
+from tests._procs import run_ranks
+from tests.distributed._ccl import need_ccl
 
-import ipex_train.torchrec as itr  # noqa: E402
-
+pytestmark = pytest.mark.torchrec
 WORKER = Path(__file__).with_name("sharder_worker.py")
-TIMEOUT_S = 240
+TIMEOUT_S = 300  # one launch; a few cases each, ~30 s on an idle 2-core machine
 
 LAUNCHES = {
     # table-wise at 2 ranks is bit-exact (fp32 and bf16 masters)
@@ -40,30 +38,17 @@ LOAD = (3, "gloo", ["row_wise:sgd:bf16:0", "table_wise:rowwise_adagrad:fp32:1",
                     "row_wise:adagrad:fp32:0:dcpload"])
 
 
-def run_ranks(world, backend, cases, ckpt_dir=""):
-    """Starts `world` worker processes; returns [(returncode, output)]."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", SHARDER_CKPT_DIR=str(ckpt_dir))
-    procs = [subprocess.Popen([sys.executable, str(WORKER), backend, *cases],
-                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    results = []
-    try:
-        for p in procs:
-            out, _ = p.communicate(timeout=TIMEOUT_S)
-            results.append((p.returncode, out))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
-    return results
+def _run(world, backend, cases, ckpt_dir=""):
+    if backend == "ccl":
+        need_ccl()
+    return run_ranks([sys.executable, WORKER, backend, *cases], world, TIMEOUT_S,
+                     OMP_NUM_THREADS=1, SHARDER_CKPT_DIR=ckpt_dir)
 
 
 def check(results, world, backend, cases):
-    for rank, (rc, out) in enumerate(results):
-        assert rc == 0, f"rank {rank} failed ({world} ranks, {backend}):\n{out[-5000:]}"
+    for rank, r in enumerate(results):
+        out = r.stdout
+        assert r.returncode == 0, f"rank {rank} failed ({world} ranks, {backend}):\n{out[-5000:]}"
         for case in cases:
             if case == "refusals":
                 assert f"rank {rank}/{world} {backend} refusals: ok" in out, out[-3000:]
@@ -71,15 +56,18 @@ def check(results, world, backend, cases):
                 assert f"rank {rank}/{world} {backend} {case}: 3 steps match" in out, out[-3000:]
 
 
+@pytest.mark.multiproc
+@pytest.mark.ccl
 @pytest.mark.parametrize("launch", sorted(LAUNCHES))
 def test_sharded_training_matches_unsharded(launch):
     world, backend, cases = LAUNCHES[launch]
-    check(run_ranks(world, backend, cases), world, backend, cases)
+    check(_run(world, backend, cases), world, backend, cases)
 
 
+@pytest.mark.multiproc
 def test_gloo_and_checkpoint_across_world_sizes(tmp_path):
-    check(run_ranks(*SAVE, ckpt_dir=tmp_path), *SAVE)
-    check(run_ranks(*LOAD, ckpt_dir=tmp_path), *LOAD)
+    check(_run(*SAVE, ckpt_dir=tmp_path), *SAVE)
+    check(_run(*LOAD, ckpt_dir=tmp_path), *LOAD)
 
 
 @pytest.mark.parametrize("kwargs, match", [
