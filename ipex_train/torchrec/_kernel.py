@@ -146,11 +146,11 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         if features.variable_stride_per_key() or len(keys) != len(self._ebc._names):
             return self._ebc(features).values()  # FusedEBC raises on what it cannot run
         lengths = features.length_per_key()
-        offsets = features.offsets().view(-1)
+        offsets = features.offsets().view(-1).long()
         per_key = torch.cat([offsets[:-1].view(len(keys), batch),
                              offsets[batch::batch].view(len(keys), 1)], dim=1)
         per_key = (per_key - per_key[:, :1]).unbind(0)  # each key's [B + 1], from 0
-        indices = features.values().split(lengths)
+        indices = features.values().long().split(lengths)
         weights = features.weights().split(lengths) if self._config.is_weighted else None
         return _backend.lookup(self._ebc.groups[0], list(indices), list(per_key),
                                None if weights is None else list(weights)).float()

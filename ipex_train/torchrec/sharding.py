@@ -30,7 +30,6 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Type
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
