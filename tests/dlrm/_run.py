@@ -41,6 +41,18 @@ def run_inprocess(**overrides):
         torch.set_flush_denormal(False)
 
 
+def main_inprocess(**overrides):
+    """train.py's main() in this process (world size 1); returns its exit status."""
+    from dlrm.train import main
+
+    before = torch.get_num_threads()
+    try:
+        return main(tiny_args(**overrides))
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
+
+
 def run_ranks(world_size, tmp_path, timeout=240, **overrides):
     """`world_size` real processes of train.py on 127.0.0.1 (torchrun's
     variables) under a timeout; returns rank 0's metrics."""
