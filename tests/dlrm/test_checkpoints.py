@@ -3,10 +3,12 @@ messages for every broken state, pruning, and what --steps/--lr mean on --resume
 import os
 import sys
 
+import pytest
 import torch
 
 from tests._procs import run
-from tests.dlrm._run import TRAIN, main_inprocess, run_inprocess, tiny_args
+from tests.dlrm._run import (TRAIN, main_inprocess, run_inprocess, run_ranks, run_ranks_raw,
+                             tiny_args)
 
 # one process; SIGKILLs itself half-way through its first checkpoint file
 KILL_MID_SAVE = r"""
@@ -134,3 +136,21 @@ def test_keep_checkpoints(tmp_path):
     every = tmp_path / "every"
     run_inprocess(steps=3, checkpoint_every=1, checkpoint_dir=str(every), keep_checkpoints=0)
     assert sorted(os.listdir(every)) == ["latest", "step_1", "step_2", "step_3"]
+
+
+@pytest.mark.multiproc
+def test_two_ranks_save_resume_and_refuse_together(tmp_path):
+    """The collective parts: 2 ranks (gloo) save and resume exactly; when one
+    rank's file is torn, every rank exits with status 2 instead of hanging."""
+    ck = tmp_path / "ck"
+    whole = run_ranks(2, tmp_path, steps=4)
+    run_ranks(2, tmp_path, steps=2, checkpoint_every=2, checkpoint_dir=str(ck))
+    assert sorted(os.listdir(ck / "step_2")) == ["rank0.pt", "rank1.pt"]
+    resumed = run_ranks(2, tmp_path, steps=4, resume=True, checkpoint_dir=str(ck))
+    assert [resumed["losses"][s] for s in "34"] == [whole["losses"][s] for s in "34"]
+    torn = ck / "step_2" / "rank1.pt"
+    torn.write_bytes(torn.read_bytes()[:500])
+    r0, r1 = run_ranks_raw(2, timeout=240, steps=4, resume=True, checkpoint_dir=str(ck))
+    assert (r0.returncode, r1.returncode) == (2, 2), r0.stdout[-2000:] + r1.stdout[-2000:]
+    assert f"dlrm: error: {torn} is unreadable" in r1.stdout, r1.stdout[-2000:]
+    assert "rank(s) [1] could not load their part of the checkpoint" in r0.stdout, r0.stdout
