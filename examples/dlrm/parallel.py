@@ -19,7 +19,6 @@ import torch.distributed as dist
 from .config import Config
 
 
-
 def init_distributed(backend, timeout=Config.timeout):
     """Joins the job's process group, if launched as one; returns (rank, world_size).
 
