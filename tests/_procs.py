@@ -95,47 +95,82 @@ def _read(f):
     return f.read().decode(errors="replace")
 
 
-def run_all(cmds, timeout, envs=None, cwd=ROOT, merge=True):
-    """Starts every command at once and waits for all of them under one deadline.
+class Procs:
+    """Commands started at once (a context manager: leaving it kills every tree).
 
-    Returns a CompletedProcess per command (stderr is "" with `merge`, where it
-    is folded into stdout). At the deadline every process tree is killed and
-    ProcessTimeout names those still running, with the tail of every output.
+    Output goes to files (stdout and stderr merged with `merge`); `output(i)`
+    reads what process i wrote so far, `kill(i)` ends its tree, `wait`
+    collects the results under a deadline.
     """
-    envs = envs or [clean_env()] * len(cmds)
-    procs, files = [], []
-    try:
-        for cmd, env in zip(cmds, envs, strict=True):
-            out = tempfile.TemporaryFile()
-            err = out if merge else tempfile.TemporaryFile()
-            files.append((out, err))
-            procs.append(subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env, stdout=out,
-                                          stderr=err, start_new_session=True))
+
+    def __init__(self, cmds, envs=None, cwd=ROOT, merge=True):
+        envs = envs or [clean_env()] * len(cmds)
+        self.cmds, self.merge, self.procs, self.files = cmds, merge, [], []
+        try:
+            for cmd, env in zip(cmds, envs, strict=True):
+                out = tempfile.TemporaryFile()
+                err = out if merge else tempfile.TemporaryFile()
+                self.files.append((out, err))
+                self.procs.append(subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=env,
+                                                   stdout=out, stderr=err,
+                                                   start_new_session=True))
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def output(self, i):
+        fd = self.files[i][0].fileno()  # pread: the file offset is shared with the writer
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
+
+    def kill(self, i):
+        p = self.procs[i]
+        kill_tree(p.pid, itself=p.poll() is None)
+        p.wait()
+
+    def wait(self, timeout):
+        """A CompletedProcess per command (stderr "" with `merge`); at the deadline
+        every tree is killed and ProcessTimeout names those still running, with
+        the tail of every output."""
         deadline = time.monotonic() + timeout
         late = []
-        for i, p in enumerate(procs):
+        for i, p in enumerate(self.procs):
             try:
                 p.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 late.append(i)
         if late:
-            for p in procs:
-                kill_tree(p.pid, itself=p.poll() is None)
-                p.wait()
-            tails = "\n".join(f"--- process {i} ({'killed' if i in late else procs[i].returncode})"
-                              f":\n{_read(files[i][0])[-3000:]}" for i in range(len(procs)))
-            raise ProcessTimeout(f"process(es) {late} of {len(procs)} still running after "
+            for i in range(len(self.procs)):
+                self.kill(i)
+            tails = "\n".join(f"--- process {i} ({'killed' if i in late else p.returncode})"
+                              f":\n{_read(self.files[i][0])[-3000:]}"
+                              for i, p in enumerate(self.procs))
+            raise ProcessTimeout(f"process(es) {late} of {len(self.procs)} still running after "
                                  f"{timeout} s; killed them all\n{tails}")
         return [subprocess.CompletedProcess(cmd, p.returncode, _read(out),
-                                            "" if merge else _read(err))
-                for cmd, p, (out, err) in zip(cmds, procs, files)]
-    finally:
-        for p in procs:  # also on success: nothing a test started outlives it
-            kill_tree(p.pid, itself=p.poll() is None)
-            p.wait()
-        for out, err in files:
+                                            "" if self.merge else _read(err))
+                for cmd, p, (out, err) in zip(self.cmds, self.procs, self.files)]
+
+    def close(self):
+        """Kills every tree (also after success: nothing a test started outlives it)."""
+        for i in range(len(self.procs)):
+            self.kill(i)
+        for out, err in self.files:
             out.close()
             err.close()
+        self.procs, self.files = [], []
+
+
+def run_all(cmds, timeout, envs=None, cwd=ROOT, merge=True):
+    """Starts every command at once and waits for all of them under one deadline
+    (Procs.wait); returns a CompletedProcess per command."""
+    with Procs(cmds, envs, cwd, merge) as ps:
+        return ps.wait(timeout)
 
 
 def run(cmd, timeout, env=None, cwd=ROOT, merge=False):
@@ -143,15 +178,18 @@ def run(cmd, timeout, env=None, cwd=ROOT, merge=False):
     return run_all([cmd], timeout, [env or clean_env()], cwd, merge)[0]
 
 
-def run_ranks(cmd, world, timeout, port=None, **extra):
-    """`world` copies of `cmd` with torchrun's variables (env:// on 127.0.0.1).
-
-    `cmd` is a list, or a function rank -> list. Returns run_all's results in
-    rank order (output merged).
-    """
+def start_ranks(cmd, world, port=None, **extra):
+    """Procs of `world` copies of `cmd` with torchrun's variables (env:// on
+    127.0.0.1:`port`) plus `extra`; `cmd` is a list or a function rank -> list."""
     port = port or free_port()
     cmds = [cmd(r) if callable(cmd) else cmd for r in range(world)]
-    return run_all(cmds, timeout, [rank_env(r, world, port, **extra) for r in range(world)])
+    return Procs(cmds, [rank_env(r, world, port, **extra) for r in range(world)])
+
+
+def run_ranks(cmd, world, timeout, port=None, **extra):
+    """start_ranks, then wait: a CompletedProcess per rank (output merged)."""
+    with start_ranks(cmd, world, port, **extra) as ps:
+        return ps.wait(timeout)
 
 
 def check_all_ok(results, tail=4000):

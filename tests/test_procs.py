@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from tests._procs import ProcessTimeout, run, run_all, run_ranks
+from tests._procs import Procs, ProcessTimeout, run, run_all, run_ranks
 
 # a child in its own process group and one that outlives its parent
 TREE = """
@@ -56,3 +56,15 @@ def test_timeout_kills_the_whole_tree(tmp_path):
     while any(map(_alive, got)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [p for p in got if _alive(p)], got
+
+
+def test_output_while_running_and_kill_one():
+    code = "import time; print('up', flush=True); time.sleep(300)"
+    with Procs([[sys.executable, "-c", code], [sys.executable, "-c", "print('done')"]]) as ps:
+        deadline = time.monotonic() + 60
+        while "up" not in ps.output(0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ps.output(0) == "up\n"
+        ps.kill(0)
+        a, b = ps.wait(60)
+    assert a.returncode == -9 and a.stdout == "up\n" and (b.returncode, b.stdout) == (0, "done\n")

@@ -7,16 +7,18 @@ one, e.g. torch's lr-scheduler order warning); one that imports torchrec
 carries the ``torchrec`` marker.
 ``python torchrun=N`` runs it in N processes with
 ``torch.distributed.run --standalone`` (for snippets that need a process
-group). Python left in an unfenced or indented block fails the test, so no
+group; marked ``multiproc``). Processes start through tests._procs, so a
+timeout ends torchrun's ranks too. Python left in an unfenced or indented block fails the test, so no
 snippet escapes it.
 """
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._procs import run
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -46,9 +48,13 @@ def _blocks(text):
 
 
 BLOCKS, STRAY = _blocks(README.read_text())
-SNIPPETS = [pytest.param(n, info, code, id=f"line{n}", marks=[pytest.mark.torchrec] if re.search(
-    r"^\s*(import|from) torchrec", code, re.M) else []) for n, info, code in BLOCKS
-    if info.split()[:1] == ["python"]]
+def _marks(info, code):
+    marks = [pytest.mark.torchrec] if re.search(r"^\s*(import|from) torchrec", code, re.M) else []
+    return marks + ([pytest.mark.multiproc] if "torchrun=" in info else [])
+
+
+SNIPPETS = [pytest.param(n, info, code, id=f"line{n}", marks=_marks(info, code))
+            for n, info, code in BLOCKS if info.split()[:1] == ["python"]]
 
 
 def test_python_is_only_in_python_blocks():
@@ -68,6 +74,6 @@ def test_snippet_runs_as_written(line, info, code, tmp_path):
                     f"--nproc-per-node={opts['torchrun']}"]
     env = dict(os.environ, PYTHONWARNINGS="error::UserWarning", PYTHONPATH=os.pathsep.join(
         [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=500)
+    r = run(cmd, timeout=500, env=env, cwd=tmp_path)
     assert r.returncode == 0, (f"README.md snippet at line {line} failed:\n{code}\n"
                                f"--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-5000:]}")

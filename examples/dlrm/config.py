@@ -31,39 +31,59 @@ def _mlp(text, flag):
     return sizes
 
 
+def _flag(default, help):
+    """A Config field; `help` is its --help text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass
 class Config:
-    data: str = "synthetic"            # synthetic | criteo-tsv
-    train_file: str = ""
-    eval_file: str = ""
-    bad_lines: str = "skip"            # skip | fail
-    seed: int = 0
-    max_rows: int = 100_000            # cap on every table's rows
-    table_rows: str = ""               # explicit comma list, overrides the Criteo shape
-    zipf: float = 1.1                  # skew of synthetic indices
-    embedding_dim: int = 64
-    bottom_mlp: str = "512-256-64"     # after the 13 dense inputs; last = embedding_dim
-    top_mlp: str = "512-512-256-1"     # after the interaction; last must be 1
-    batch_size: int = 2048             # global batch, split across ranks for the MLPs
-    steps: int = 1000
-    max_seconds: float = 0.0           # stop training after this long (0 = no limit)
-    optimizer: str = "sgd"             # MLP optimizer (ipex_train.optim): sgd | adagrad
-    lr: float = 0.1                    # MLP learning rate
-    emb_lr: float = 0.05
-    emb_optimizer: str = "rowwise_adagrad"  # sgd | adagrad | rowwise_adagrad
-    dtype: str = "bf16"                # bf16 (split training) | fp32
-    compute: str = "auto"              # matmul dtype in bf16 mode: auto | bf16 | fp32
-    embeddings: str = "fused"          # fused (ipex_train.sparse) | torch (nn.EmbeddingBag)
-    backend: str = "ccl"               # ccl | gloo; used when world size > 1
-    eval_every: int = 0                # steps; 0 = only at the end
-    eval_batches: int = 8
-    log_every: int = 10
-    checkpoint_dir: str = ""
-    checkpoint_every: int = 0
-    resume: bool = False
-    threads: int = 0                   # torch threads per rank; 0 = cores / local ranks
-    progress: bool = True
-    metrics_out: str = ""              # JSON with per-step losses and AUCs (rank 0)
+    data: str = _flag("synthetic", "training data: synthetic (built-in Criteo-like generator) "
+                      "or criteo-tsv (--train-file)")
+    train_file: str = _flag("", "Criteo TSV file to train on (label, I1..I13, C1..C26)")
+    eval_file: str = _flag("", "Criteo TSV file for evaluation (default: --train-file)")
+    bad_lines: str = _flag("skip", "a malformed TSV line: skip (reported once with its line "
+                           "number) or fail")
+    seed: int = _flag(0, "seed of the model's initial weights and the synthetic data")
+    max_rows: int = _flag(100_000, "cap on every table's rows (tables follow Criteo's 26 sizes)")
+    table_rows: str = _flag("", "all 26 table sizes, comma-separated (overrides --max-rows)")
+    zipf: float = _flag(1.1, "skew of the synthetic indices (Zipf exponent)")
+    embedding_dim: int = _flag(64, "embedding dimension")
+    bottom_mlp: str = _flag("512-256-64", "bottom MLP layer sizes after the 13 dense inputs; "
+                            "the last must equal --embedding-dim")
+    top_mlp: str = _flag("512-512-256-1", "top MLP layer sizes after the interaction; the last "
+                         "must be 1")
+    batch_size: int = _flag(2048, "global batch size, split across ranks for the MLPs")
+    steps: int = _flag(1000, "train until this step (counted from 0, also on --resume)")
+    max_seconds: float = _flag(0.0, "stop training after this many seconds (0: no limit)")
+    optimizer: str = _flag("sgd", "MLP optimizer (ipex_train.optim): sgd or adagrad")
+    lr: float = _flag(0.1, "MLP learning rate (on --resume this flag, not the checkpoint, "
+                      "decides)")
+    emb_lr: float = _flag(0.05, "embedding learning rate (on --resume this flag, not the "
+                          "checkpoint, decides)")
+    emb_optimizer: str = _flag("rowwise_adagrad", "embedding update: sgd, adagrad or "
+                               "rowwise_adagrad")
+    dtype: str = _flag("bf16", "bf16 (split storage, the fp32 master bits kept) or fp32")
+    compute: str = _flag("auto", "matmul dtype in bf16 mode: auto (bf16 where the CPU has "
+                         "AVX-512-BF16), bf16 or fp32")
+    embeddings: str = _flag("fused", "tables: fused (ipex_train.sparse) or torch "
+                            "(nn.EmbeddingBag(sparse=True) + a torch optimizer)")
+    backend: str = _flag("ccl", "process group when launched with several ranks: ccl or gloo")
+    timeout: float = _flag(600.0, "seconds a collective may wait for the other ranks before "
+                           "the job fails (a dead or hung rank)")
+    eval_every: int = _flag(0, "evaluate every this many steps (0: only at the end)")
+    eval_batches: int = _flag(8, "held-out batches per evaluation")
+    log_every: int = _flag(10, "steps between loss reductions (and --max-seconds checks)")
+    checkpoint_dir: str = _flag("", "directory of the checkpoints (step_<N>/rank<r>.pt and "
+                                "`latest`)")
+    checkpoint_every: int = _flag(0, "save a checkpoint every this many steps (0: never)")
+    keep_checkpoints: int = _flag(2, "newest checkpoints kept in --checkpoint-dir, older ones "
+                                  "are deleted (0: keep all)")
+    resume: bool = _flag(False, "continue from --checkpoint-dir's latest checkpoint, if any")
+    threads: int = _flag(0, "torch threads per rank (0: $OMP_NUM_THREADS or cores / local "
+                         "ranks)")
+    progress: bool = _flag(True, "show a progress bar on rank 0")
+    metrics_out: str = _flag("", "write per-step losses and AUCs to this JSON file (rank 0)")
 
     def mlp_sizes(self):
         return _mlp(self.bottom_mlp, "--bottom-mlp"), _mlp(self.top_mlp, "--top-mlp")
@@ -109,7 +129,10 @@ class Config:
         for name in ("lr", "emb_lr"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "threads", "max_rows", "max_seconds"):
+        if not self.timeout > 0:
+            raise ConfigError(f"--timeout must be positive (seconds), got {self.timeout}")
+        for name in ("eval_every", "checkpoint_every", "keep_checkpoints", "threads", "max_rows",
+                     "max_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.zipf <= 0:
@@ -131,16 +154,24 @@ class Config:
         return self
 
 
-def parse_args(argv=None):
-    """Parses command-line flags into a Config (unchecked)."""
+def parser():
+    """The argparse parser of every Config field, with its help text and default."""
     p = argparse.ArgumentParser(prog="dlrm", description="Train DLRM with ipex_train on CPUs.")
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
-        if f.type is bool or isinstance(f.default, bool):
+        shown = f" (default: {f.default})" if f.default not in ("", False) else ""
+        if isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=f.default)
+                           default=f.default, help=f.metadata["help"] + shown)
         else:
-            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default)
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+                           metavar=type(f.default).__name__.upper(),
+                           help=f.metadata["help"] + shown)
     p.add_argument("--fp32", dest="dtype", action="store_const", const="fp32",
                    help="same as --dtype fp32")
-    return Config(**vars(p.parse_args(argv)))
+    return p
+
+
+def parse_args(argv=None):
+    """Parses command-line flags into a Config (unchecked)."""
+    return Config(**vars(parser().parse_args(argv)))

@@ -13,6 +13,7 @@ the file) and ``i``, which is what makes resumed runs and world sizes agree.
 import collections
 import hashlib
 import math
+import re
 import sys
 
 import torch
@@ -130,25 +131,40 @@ def hash_category(value, feature, rows):
     return h % rows
 
 
+_INT = re.compile(r"-?[0-9]{1,19}")  # a Criteo count: plain decimal, fits in int64
+_HEX = re.compile(r"[0-9a-fA-F]{1,16}")  # a hashed category: up to 64 bits of hex
+_INT64_MAX = (1 << 63) - 1
+
+
+def _quote(s, limit=40):
+    """repr of a field, cut to `limit` characters with its full length stated."""
+    return repr(s) if len(s) <= limit else f"{s[:limit]!r}... ({len(s)} characters)"
+
+
 def parse_line(line, table_rows):
-    """(label, dense[13], sparse[26]) of one TSV line; raises ValueError naming the problem."""
+    """(label, dense[13], sparse[26]) of one TSV line; raises ValueError naming the problem.
+
+    Strict Criteo format: label 0 or 1; integer features empty or a decimal
+    integer (optional minus, digits only) within int64; categorical features
+    empty or 1-16 hex digits; fields separated by single tabs."""
     fields = line.rstrip("\r\n").split("\t")
     if len(fields) != 1 + NUM_DENSE + NUM_SPARSE:
         raise ValueError(f"expected {1 + NUM_DENSE + NUM_SPARSE} tab-separated fields, "
                          f"got {len(fields)}")
     if fields[0] not in ("0", "1"):
-        raise ValueError(f"label must be 0 or 1, got {fields[0]!r}")
+        raise ValueError(f"label must be 0 or 1, got {_quote(fields[0])}")
     dense = []
     for j, s in enumerate(fields[1:1 + NUM_DENSE]):
-        try:
-            x = int(s) if s else 0
-        except ValueError:
-            raise ValueError(f"integer feature I{j + 1} is not an integer: {s!r}") from None
+        if s and not _INT.fullmatch(s):
+            raise ValueError(f"integer feature I{j + 1} is not a decimal integer: {_quote(s)}")
+        x = int(s) if s else 0
+        if x > _INT64_MAX or x < -_INT64_MAX - 1:
+            raise ValueError(f"integer feature I{j + 1} is out of the int64 range: {_quote(s)}")
         dense.append(math.log1p(max(x, 0)))
     sparse = []
     for j, s in enumerate(fields[1 + NUM_DENSE:]):
-        if s and (len(s) > 16 or any(c not in "0123456789abcdefABCDEF" for c in s)):
-            raise ValueError(f"categorical feature C{j + 1} is not hex: {s!r}")
+        if s and not _HEX.fullmatch(s):
+            raise ValueError(f"categorical feature C{j + 1} is not 1-16 hex digits: {_quote(s)}")
         sparse.append(hash_category(s, j, table_rows[j]))
     return int(fields[0]), dense, sparse
 
@@ -160,8 +176,10 @@ class CriteoTSV:
     are 0; categorical hex values are hashed into the table sizes (a missing
     value has its own hash). A malformed line is reported on stderr with its
     line number and skipped (``bad_lines="skip"``), or raises ``BadLine``
-    (``"fail"``). The file is read again from the top when it runs out; the
-    last batch of a pass may be smaller than ``batch_size``.
+    (``"fail"``); blank lines at the end of the file are ignored. The file is
+    read again from the top when it runs out (a bad line is reported on the
+    first pass only; ``skipped`` counts every skip); the last batch of a pass
+    may be smaller than ``batch_size``.
     """
 
     MAX_REPORTS = 20
@@ -171,7 +189,9 @@ class CriteoTSV:
             raise ValueError(f"bad_lines must be 'skip' or 'fail', got {bad_lines!r}")
         self.path, self.table_rows, self.batch_size = path, list(table_rows), batch_size
         self.bad_lines = bad_lines
-        self.skipped = 0
+        self.skipped = 0   # lines skipped, over every pass
+        self.passes = 0    # passes over the file completed
+        self._reported = 0
         self._report = report or (lambda msg: print(msg, file=sys.stderr))
 
     def _bad(self, lineno, reason):
@@ -179,32 +199,49 @@ class CriteoTSV:
         if self.bad_lines == "fail":
             raise BadLine(msg)
         self.skipped += 1
-        if self.skipped <= self.MAX_REPORTS:
+        if self.passes:
+            return
+        self._reported += 1
+        if self._reported <= self.MAX_REPORTS:
             self._report(msg + "; skipped")
-        elif self.skipped == self.MAX_REPORTS + 1:
+        elif self._reported == self.MAX_REPORTS + 1:
             self._report(f"{self.path}: more malformed lines; no longer reporting each")
 
-    def one_pass(self):
-        """Yields the file's batches once."""
-        labels, dense, sparse = [], [], []
+    def _lines(self):
+        """parse_line of every good line; blank lines are bad only when a
+        non-blank line follows them."""
+        blank = []
         with open(self.path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if raw in (b"\n", b"\r\n"):
+                    blank.append(lineno)
+                    continue
+                for b in blank:
+                    self._bad(b, "empty line")
+                blank = []
                 try:
-                    lab, d, s = parse_line(raw.decode("ascii"), self.table_rows)
+                    parsed = parse_line(raw.decode("ascii"), self.table_rows)
                 except UnicodeDecodeError:
                     self._bad(lineno, "not ASCII text")
                     continue
                 except ValueError as e:
                     self._bad(lineno, str(e))
                     continue
-                labels.append(lab)
-                dense.append(d)
-                sparse.append(s)
-                if len(labels) == self.batch_size:
-                    yield self._batch(labels, dense, sparse)
-                    labels, dense, sparse = [], [], []
+                yield parsed
+
+    def one_pass(self):
+        """Yields the file's batches once."""
+        labels, dense, sparse = [], [], []
+        for lab, d, s in self._lines():
+            labels.append(lab)
+            dense.append(d)
+            sparse.append(s)
+            if len(labels) == self.batch_size:
+                yield self._batch(labels, dense, sparse)
+                labels, dense, sparse = [], [], []
         if labels:
             yield self._batch(labels, dense, sparse)
+        self.passes += 1
 
     @staticmethod
     def _batch(labels, dense, sparse):

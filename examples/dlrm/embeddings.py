@@ -64,6 +64,18 @@ class LocalTables(nn.Module):
         else:
             raise ValueError(f"unknown embeddings kind {kind!r}")
 
+    @property
+    def lr(self):
+        """The tables' learning rate (None when this rank owns no table)."""
+        opt = self.opt if self.kind == "torch" else getattr(self.tables, "optimizer", None)
+        return None if opt is None else opt.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value):
+        opt = self.opt if self.kind == "torch" else getattr(self.tables, "optimizer", None)
+        for g in ([] if opt is None else opt.param_groups):
+            g["lr"] = value
+
     def _load_fused(self, weights):
         with torch.no_grad():
             for i, w in enumerate(weights):

@@ -16,13 +16,15 @@ import os
 import torch
 import torch.distributed as dist
 
+from .config import Config
 
 
-def init_distributed(backend):
+def init_distributed(backend, timeout=Config.timeout):
     """Joins the job's process group, if launched as one; returns (rank, world_size).
 
     ``ipex_train.distributed.init_from_env`` reads torchrun's, MPI's or Slurm's
     variables; with none of them this is a single-process run without a group.
+    `timeout`: seconds any collective may wait for the other ranks.
     """
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -30,7 +32,7 @@ def init_distributed(backend):
         return 0, 1
     import ipex_train.distributed as ipd
 
-    ipd.init_from_env(backend=backend)
+    ipd.init_from_env(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 

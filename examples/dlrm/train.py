@@ -4,6 +4,7 @@ Runs as one process (no launcher) or as one rank of a launched job. Prints a
 progress bar (samples/s, loss), periodic AUC, and a summary line per metric.
 See ``--help`` for the flags and README.md's DLRM section.
 """
+import contextlib
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ if __package__ in (None, ""):  # run as a script: make `dlrm` importable
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from . import checkpoint  # noqa: E402
 from .config import ConfigError, parse_args  # noqa: E402
 from .data import BadLine, CriteoTSV, SyntheticCriteo  # noqa: E402
 from .parallel import init_distributed  # noqa: E402
@@ -34,36 +36,26 @@ def make_data(cfg):
     return src, ev.eval_batches(cfg.eval_batches)
 
 
-# ---- checkpoints: <dir>/step_<N>/rank<r>.pt, and <dir>/latest naming the step ----
-def save_checkpoint(trainer, step, directory):
-    path = os.path.join(directory, f"step_{step}")
-    os.makedirs(path, exist_ok=True)
-    state = trainer.state_dict()
-    state["step"] = step
-    torch.save(state, os.path.join(path, f"rank{trainer.rank}.pt"))
-    if trainer.world > 1:
-        dist.barrier(group=trainer.group)
-    if trainer.rank == 0:  # written last, so `latest` only names complete checkpoints
-        tmp = os.path.join(directory, "latest.tmp")
-        with open(tmp, "w") as f:
-            f.write(str(step))
-        os.replace(tmp, os.path.join(directory, "latest"))
-
-
-def load_checkpoint(trainer, directory):
-    """Restores the latest checkpoint; returns its step (0 when there is none)."""
-    latest = os.path.join(directory, "latest")
-    if not os.path.exists(latest):
+def resume(cfg, trainer, log):
+    """The step to start at: the checkpoint's with --resume (restored), else 0."""
+    if not cfg.resume:
+        if cfg.checkpoint_dir and trainer.rank == 0:
+            with contextlib.suppress(checkpoint.CheckpointError):
+                held = checkpoint.read_latest(cfg.checkpoint_dir)
+                if held is not None:
+                    log(f"[dlrm] {cfg.checkpoint_dir} holds a checkpoint (step {held}) but "
+                        f"--resume is not set: starting at step 0 (step {held} is kept)")
         return 0
-    with open(latest) as f:
-        step = int(f.read())
-    path = os.path.join(directory, f"step_{step}", f"rank{trainer.rank}.pt")
-    if not os.path.exists(path):
-        raise ValueError(f"checkpoint {directory} (step {step}) has no {os.path.basename(path)}: "
-                         "it was written at a smaller world size")
-    state = torch.load(path, weights_only=False)
-    trainer.load_state_dict(state)
-    return state["step"]
+    start = checkpoint.load(trainer, cfg.checkpoint_dir)
+    if not start:
+        log(f"[dlrm] --resume: no checkpoint in {cfg.checkpoint_dir} yet, starting at step 0")
+        return 0
+    if cfg.steps <= start:
+        raise ConfigError(f"--steps {cfg.steps} is not beyond the checkpoint's step {start} "
+                          f"in {cfg.checkpoint_dir}: nothing to train (raise --steps)")
+    for flag, saved, now in trainer.lr_changes:
+        log(f"[dlrm] {flag} {now} replaces the checkpoint's {saved}")
+    return start
 
 
 def _progress(cfg, rank, start, total):
@@ -77,17 +69,15 @@ def _progress(cfg, rank, start, total):
 
 def run(cfg):
     """Trains per `cfg` on this process's rank; returns the metrics dict (every rank)."""
-    rank, world = init_distributed(cfg.backend)
+    rank, world = init_distributed(cfg.backend, cfg.timeout)
     cfg.check(world)
     torch.set_num_threads(cfg.threads or default_threads())
     # Subnormals (tiny gradients of rarely seen rows) take x86's slow microcode path.
     torch.set_flush_denormal(True)
     trainer = Trainer(cfg, rank, world)
     source, eval_set = make_data(cfg)
-    start = load_checkpoint(trainer, cfg.checkpoint_dir) if cfg.resume else 0
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    if cfg.resume and not start:
-        log(f"[dlrm] --resume: no checkpoint in {cfg.checkpoint_dir} yet, starting at step 0")
+    start = resume(cfg, trainer, log)
     log(f"[dlrm] world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
         f"({cfg.emb_optimizer}), ISA {__import__('ipex_train').isa()}, "
         f"{torch.get_num_threads()} threads/rank, tables on this rank: {trainer.placement[rank]}"
@@ -129,7 +119,7 @@ def run(cfg):
             msg = f"[dlrm] step {step}: eval AUC {auc:.4f}, eval loss {loss:.4f}"
             (bar.write(msg) if bar is not None else log(msg))
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            save_checkpoint(trainer, step, cfg.checkpoint_dir)
+            checkpoint.save(trainer, step, cfg.checkpoint_dir, cfg.keep_checkpoints, log)
     elapsed = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -151,7 +141,7 @@ def main(argv=None):
     try:
         cfg.check()
         run(cfg)
-    except (ConfigError, BadLine) as e:  # every rank sees the same config and data
+    except (ConfigError, BadLine, checkpoint.CheckpointError) as e:  # raised on every rank
         print(f"dlrm: error: {e}", file=sys.stderr)
         return 2
     finally:

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoint import CheckpointError
 from .config import NUM_DENSE, NUM_SPARSE
 from .embeddings import LocalTables
 from .model import DenseArch
@@ -57,6 +58,7 @@ class Trainer:
         order = [owner_order.index(t) for t in range(NUM_SPARSE)]
         self.order = None if order == sorted(order) else torch.tensor(order)
         self.dims = [len(ids) * dim for ids in self.placement]
+        self.lr_changes = []  # set by load_state_dict
 
     def _logits(self, batch, model):
         """Logits of this rank's slice of the global batch, and that slice's (start, end)."""
@@ -112,23 +114,35 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------
     def state_dict(self):
         """This rank's full training state (our optimizers' state dicts keep the
-        bf16-split trail int16 and the rest fp32 on load)."""
+        bf16-split trail int16 and the rest fp32 on load), learning rates included."""
         state = dict(world_size=self.world, placement=self.placement,
                      dense=self.dense.state_dict(), opt=self.opt.state_dict(),
-                     tables=self.tables.state_dict())
+                     tables=self.tables.state_dict(), emb_lr=self.tables.lr)
         if self.tables.opt is not None:
             state["tables_opt"] = self.tables.opt.state_dict()
         return state
 
-    def load_state_dict(self, state):
-        if state["world_size"] != self.world or state["placement"] != self.placement:
-            raise ValueError(f"checkpoint was written at world size {state['world_size']}, "
-                             f"this run has {self.world}: resume with the same world size")
+    def load_state_dict(self, state, source="checkpoint"):
+        """Restores `state` (from `source`, for messages); the learning rates stay
+        this run's --lr and --emb-lr; lr_changes lists [(flag, saved, now)] where they differ."""
+        if state.get("world_size") != self.world or state.get("placement") != self.placement:
+            raise CheckpointError(f"{source} was written at world size {state.get('world_size')}, "
+                                  f"this run has {self.world}: resume with the same world size")
         self.dense.load_state_dict(state["dense"])
         self.opt.load_state_dict(state["opt"])
         self.tables.load_state_dict(state["tables"])
         if self.tables.opt is not None:
             self.tables.opt.load_state_dict(state["tables_opt"])
+        changed = []
+        saved_lr = state["opt"]["param_groups"][0]["lr"]
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.lr
+        if saved_lr != self.cfg.lr:
+            changed.append(("--lr", saved_lr, self.cfg.lr))
+        if state["emb_lr"] not in (None, self.cfg.emb_lr):
+            changed.append(("--emb-lr", state["emb_lr"], self.cfg.emb_lr))
+        self.tables.lr = self.cfg.emb_lr
+        self.lr_changes = changed
 
 
 def default_threads():

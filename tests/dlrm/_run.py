@@ -41,11 +41,28 @@ def run_inprocess(**overrides):
         torch.set_flush_denormal(False)
 
 
-def run_ranks(world_size, tmp_path, timeout=240, **overrides):
+def main_inprocess(**overrides):
+    """train.py's main() in this process (world size 1); returns its exit status."""
+    from dlrm.train import main
+
+    before = torch.get_num_threads()
+    try:
+        return main(tiny_args(**overrides))
+    finally:
+        torch.set_num_threads(before)
+        torch.set_flush_denormal(False)
+
+
+def run_ranks_raw(world_size, timeout=240, **overrides):
     """`world_size` real processes of train.py on 127.0.0.1 (torchrun's
-    variables) under a timeout; returns rank 0's metrics."""
+    variables) under a timeout; returns each rank's CompletedProcess."""
+    return _run_ranks([sys.executable, TRAIN] + tiny_args(**overrides), world_size, timeout,
+                      **LOOPBACK_CCL)
+
+
+def run_ranks(world_size, tmp_path, timeout=240, **overrides):
+    """run_ranks_raw that must succeed; returns rank 0's metrics."""
     out = tmp_path / f"metrics_w{world_size}.json"
-    check_all_ok(_run_ranks([sys.executable, TRAIN] + tiny_args(metrics_out=str(out), **overrides),
-                            world_size, timeout, **LOOPBACK_CCL))
+    check_all_ok(run_ranks_raw(world_size, timeout, metrics_out=str(out), **overrides))
     with open(out) as f:
         return json.load(f)

@@ -69,10 +69,18 @@ def test_tsv_parsing(tmp_path):
 
 BAD = [
     ("2" + _line()[1:], "label must be 0 or 1"),
-    (_line().replace("\t25\t", "\t2x5\t"), "I5 is not an integer"),
-    (_line().replace("80e26c9b", "80e26c9z"), "C2 is not hex"),
+    (_line().replace("\t25\t", "\t2x5\t"), "I5 is not a decimal integer: '2x5'"),
+    (_line().replace("80e26c9b", "80e26c9z"), "C2 is not 1-16 hex digits: '80e26c9z'"),
     ("1\t2\t3\n", "expected 40 tab-separated fields, got 3"),
-    ("\n", "expected 40"),
+    ("\n", "empty line"),
+    # Python's int() would take these; the Criteo format has plain digits only
+    (_line().replace("\t25\t", "\t1_000\t"), "I5 is not a decimal integer: '1_000'"),
+    (_line().replace("\t25\t", "\t 7 \t"), "I5 is not a decimal integer: ' 7 '"),
+    (_line().replace("\t25\t", "\t+7\t"), "I5 is not a decimal integer: '+7'"),
+    (_line().replace("\t-3\t", "\t-\t"), "I3 is not a decimal integer: '-'"),
+    (_line().replace("80e26c9b", "0x80e26c"), "C2 is not 1-16 hex digits: '0x80e26c'"),
+    (_line().replace("\t25\t", "\t9223372036854775808\t"), "I5 is out of the int64 range"),
+    (_line().replace("\t25\t", "\t" + "9" * 309 + "\t"), "I5 is not a decimal integer"),
 ]
 
 
@@ -105,3 +113,57 @@ def test_tsv_repeats_and_empty_file(tmp_path):
     empty.write_text("garbage\n")
     with pytest.raises(BadLine, match="no usable lines"):
         next(CriteoTSV(str(empty), ROWS, 2, report=lambda m: None).train_batches())
+
+
+@pytest.mark.parametrize("bad_lines", ["skip", "fail"])
+def test_tsv_huge_value_is_a_bad_line_quoted_short(tmp_path, bad_lines):
+    """309+ digits overflowed math.log1p (an uncaught OverflowError); the
+    message quotes at most 40 characters of a long value."""
+    path = tmp_path / "day.tsv"
+    for digits in (309, 5000):
+        path.write_text(_line() + _line().replace("\t25\t", "\t" + "7" * digits + "\t"))
+        msgs = []
+        src = CriteoTSV(str(path), ROWS, batch_size=8, bad_lines=bad_lines, report=msgs.append)
+        if bad_lines == "fail":
+            with pytest.raises(BadLine) as e:
+                list(src.one_pass())
+            msg = str(e.value)
+        else:
+            (b,) = list(src.one_pass())
+            assert b.labels.shape == (1,) and len(msgs) == 1
+            msg = msgs[0]
+        assert f"{path}:2: malformed line (integer feature I5 is not a decimal integer: " \
+               f"'{'7' * 40}'... ({digits} characters))" in msg, msg
+        assert len(msg) < 200 + len(str(path))
+
+
+def test_tsv_bad_line_reported_once_over_passes(tmp_path):
+    path = tmp_path / "day.tsv"
+    path.write_text(_line() + "1\t2\n" + _line("0"))
+    msgs = []
+    it = CriteoTSV(str(path), ROWS, batch_size=2, report=msgs.append)
+    batches = it.train_batches()
+    for _ in range(4):  # four passes over the file
+        assert next(batches).labels.tolist() == [1.0, 0.0]
+    assert len(msgs) == 1 and f"{path}:2:" in msgs[0], msgs
+    assert it.skipped >= 3  # still counted on every pass
+
+
+@pytest.mark.parametrize("tail", ["\n", "\n\n", "\r\n", "\n\r\n\n"])
+def test_tsv_trailing_blank_lines_are_ignored(tmp_path, tail):
+    path = tmp_path / "day.tsv"
+    path.write_text(_line() + _line("0") + tail)
+    src = CriteoTSV(str(path), ROWS, batch_size=8, bad_lines="fail")
+    (b,) = list(src.one_pass())
+    assert b.labels.tolist() == [1.0, 0.0] and src.skipped == 0
+    path.write_text(_line() + tail + _line("0"))  # not at the end: malformed
+    with pytest.raises(BadLine, match=r"day.tsv:2: malformed line \(empty line\)"):
+        list(src.one_pass())
+
+
+def test_tsv_strict_values_still_accepted(tmp_path):
+    path = tmp_path / "day.tsv"
+    dense = ["-1", "0", "9223372036854775807", "007"] + [""] * 9
+    path.write_text(_line(dense=dense, cats=["FFFFFFFFFFFFFFFF"] + [""] * 25))
+    (b,) = list(CriteoTSV(str(path), ROWS, batch_size=1, bad_lines="fail").one_pass())
+    assert b.dense[0, :4].tolist() == pytest.approx([0.0, 0.0, math.log1p(2 ** 63 - 1), math.log1p(7)])
