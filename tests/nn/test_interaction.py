@@ -178,7 +178,7 @@ def test_opcheck(b, f, d, dtype):
     torch.library.opcheck(torch.ops.ipex_train.interaction_backward.default, (g, x, e))
 
 
-def test_compiles_with_inductor():
+def test_traces_with_aot_autograd():
     x, e = _inputs(4, 3, 8, torch.float32, seed=2)
     f = torch.compile(lambda a, b: interaction(a, b).relu().sum(), backend="aot_eager", fullgraph=True)
     xs, es = x.clone().requires_grad_(), e.clone().requires_grad_()
