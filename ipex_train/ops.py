@@ -68,3 +68,9 @@ def _interaction_grad(ctx, grad):
 
 torch.library.register_autograd("ipex_train::interaction", _interaction_grad,
                                 setup_context=_interaction_setup)
+
+
+@_register_fake("relu_bias_grad")
+def _relu_bias_grad_fake(grad, out):
+    return torch.empty_like(grad, memory_format=torch.contiguous_format), \
+        grad.new_empty((grad.shape[1],))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ipex_train.nn.functional import interaction
+from ipex_train.nn.functional import interaction, linear_relu
 
 
 def mlp(sizes, last_relu):
@@ -51,12 +51,22 @@ def upper_to_lower_pairs(n):
 def run_mlp(layers, x, dtype):
     """Applies `layers` computing in `dtype`: weights stored in another dtype
     (bf16 halves of split fp32 masters) are cast on the fly; their gradients
-    flow back through the cast in the storage dtype."""
-    for layer in layers:
+    flow back through the cast in the storage dtype. A Linear followed by a
+    ReLU runs as one fused layer (``ipex_train.nn.functional.linear_relu``)."""
+    layers = list(layers)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
         if isinstance(layer, nn.Linear):
-            x = F.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
+            w, b = layer.weight.to(dtype), layer.bias.to(dtype)
+            if i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
+                x = linear_relu(x, w, b)
+                i += 2
+                continue
+            x = F.linear(x, w, b)
         else:
             x = layer(x)
+        i += 1
     return x
 
 
