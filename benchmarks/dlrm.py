@@ -253,6 +253,19 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
 
 
+def cpu_name():
+    """'model name (family F model M)' from /proc/cpuinfo (VMs often shorten the name)."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} " \
+           f"model {info.get('model', '?')})"
+
+
 VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autocast",
             "ours fp32", "ours bf16"]
 
@@ -314,8 +327,7 @@ def main():
     torch.set_flush_denormal(True)
     cfg32, cfg16 = make_cfg(args, "fp32"), make_cfg(args, "bf16")
     data = batches(cfg32)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), "unknown CPU")
+    cpu = cpu_name()
     print(f"DLRM training, batch {args.batch_size}, dim 64, MLPs 13-512-256-64 / "
           f"415-512-512-256-1, 26 tables capped at {args.max_rows} rows "
           f"({sum(cfg32.table_sizes())} rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
