@@ -6,7 +6,7 @@ from dlrm.config import Config, ConfigError, parse_args
 from dlrm.model import DenseArch, interact, upper_to_lower_pairs
 from dlrm.parallel import batch_splits, place_tables
 
-from _old_model import OldDenseArch, old_interact
+from tests.dlrm._old_model import OldDenseArch, old_interact
 
 
 @pytest.mark.parametrize("b,f,d", [(5, 3, 4), (1, 26, 8), (0, 2, 3), (7, 1, 5)])
@@ -152,7 +152,7 @@ def test_local_tables_pool_and_init_independent_of_placement(kind, dtype):
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_training_run_losses_match_the_previous_implementation(dtype, monkeypatch):
     # world size 1 here; tests/dlrm/test_train.py holds world sizes 2 and 3 to it
-    from conftest import run_inprocess
+    from tests.dlrm._run import run_inprocess
     import dlrm.trainer
 
     kw = dict(steps=8, dtype=dtype, eval_batches=1)
