@@ -301,8 +301,9 @@ def sweep(args, steps, data, n_threads):
     for name in ("ours fp32", "ours bf16"):
         if name in runnable:
             ms = breakdown(runnable[name], data)
-            print(f"  {name} breakdown (ms/step): " +
-                  ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)
+            total = sum(ms.values())
+            print(f"  {name} breakdown, wall ms/step (share): " +
+                  ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in ms.items()), flush=True)
     return rate
 
 
