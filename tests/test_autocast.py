@@ -20,7 +20,7 @@ def _autocast():
 
 def test_fused_embedding_collection_under_autocast():
     torch.manual_seed(0)
-    tabs = FusedEmbeddingBagCollection([(10, 4), (7, 4)], optimizer="sgd", lr=0.5)
+    tabs = FusedEmbeddingBagCollection([(10, 4), (7, 4)], mode="sum", optimizer="sgd", lr=0.5)
     before = [w.clone() for w in tabs._weights()]
     idx = [torch.tensor([1, 2, 3]), torch.tensor([0, 6])]
     off = [torch.tensor([0, 2]), torch.tensor([0, 1])]

@@ -12,6 +12,7 @@
 #include <tuple>
 
 #include "kernels/interaction.h"
+#include "runtime/dispatch.h"
 
 namespace ipex_train {
 namespace ops {

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "kernels/mlp.h"
+#include "runtime/dispatch.h"
 
 namespace ipex_train {
 namespace ops {
