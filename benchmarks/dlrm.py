@@ -1,16 +1,29 @@
-"""DLRM training throughput: stock PyTorch vs TorchRec vs ipex_train, one run.
+"""DLRM training throughput: stock PyTorch, TorchRec and ipex_train, one run.
 
 One model config: 26 Criteo-shaped tables (capped at --max-rows), embedding
 dim 64, bottom MLP 13-512-256-64, top MLP 415-512-512-256-1, batch 2048,
-SGD everywhere (plain row updates for the tables). Prints training samples/s:
+SGD everywhere (plain row updates for the tables). For each thread count of
+--threads-list it prints ms/step and training samples/s of:
 
-  (a) stock PyTorch fp32: nn.EmbeddingBag(sparse=True) + torch.optim.SGD
-  (b) TorchRec's DLRM with FBGEMM's fused CPU embeddings (EXACT_SGD)
-  (c) ipex_train fp32, (d) ipex_train bf16-split  (the examples/dlrm trainer)
-  world size 2 (bf16-split): "ccl" vs "gloo" backends, 2 processes on 127.0.0.1
+  stock fp32        nn.EmbeddingBag(sparse=True), nn.Linear/ReLU MLPs, bmm + triu
+                    gather interaction (TorchRec's formula), one torch.optim.SGD
+  stock + autocast  the same step under torch.autocast("cpu", torch.bfloat16)
+  TorchRec fp32     torchrec.models.dlrm.DLRM over FBGEMM's fused CPU embeddings
+  TorchRec + autocast
+  ours fp32, ours bf16   the examples/dlrm trainer (fused tables, native
+                    interaction, fused SGD, ipex_train.optimize; bf16 = split storage)
 
-and the ratios. The same pre-generated batches feed every variant (data
-generation is not timed). Usage: python benchmarks/dlrm.py [--steps N] [--max-rows N]
+then the ratios to the issue's targets, the GEMM compute bound (every matmul
+of the step's MLPs, fwd and bwd, timed alone at its own shape in this run,
+fp32 and bf16) with ours as a share of it, and ours' per-component breakdown
+(torch.profiler self time: embeddings, interaction, MLPs, optimizer, other).
+The variants run one step each per round in a rotating order (a noisy
+machine slows all alike); samples/s use the minimum step time over the
+rounds, the median is printed beside it. The same pre-generated batches feed
+every variant. World size 2 (bf16-split): "ccl" vs "gloo", 2 processes on
+127.0.0.1. Columns whose package is missing print "not installed".
+
+Usage: python benchmarks/dlrm.py [--steps N] [--max-rows N] [--threads-list 1,2]
 """
 import argparse
 import json
@@ -28,8 +41,11 @@ sys.path.append(ROOT)  # tests._procs: the shared process launcher
 from dlrm.config import NUM_DENSE, NUM_SPARSE, Config  # noqa: E402
 from dlrm.data import SyntheticCriteo  # noqa: E402
 from dlrm.embeddings import fused_available, initial_table  # noqa: E402
-from dlrm.model import DenseArch  # noqa: E402
+from dlrm.model import mlp  # noqa: E402
 from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import interleaved  # noqa: E402
 
 LR = 0.05
 
@@ -55,35 +71,57 @@ def samples_per_s(step, data, warmup, steps):
     return steps * data[0].labels.shape[0] / (time.perf_counter() - t)
 
 
-def stock(cfg, data, warmup, steps):
-    """(a) nn.EmbeddingBag(sparse=True) per table, one torch.optim.SGD over everything."""
+class StockDense(torch.nn.Module):
+    """Plain-PyTorch dense part: nn.Linear/ReLU MLPs and TorchRec's interaction
+    formula (cat, bmm, upper-triangle gather, cat), autograd's own backward."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        bottom, top = cfg.mlp_sizes()
+        self.bottom = mlp([NUM_DENSE] + list(bottom), last_relu=True)
+        self.top = mlp([bottom[-1] + NUM_SPARSE * (NUM_SPARSE + 1) // 2] + list(top), last_relu=False)
+        self.i, self.j = torch.triu_indices(NUM_SPARSE + 1, NUM_SPARSE + 1, offset=1)
+
+    def forward(self, dense, emb):
+        x = self.bottom(dense)
+        t = torch.cat([x.unsqueeze(1), emb], 1)
+        z = torch.bmm(t, t.transpose(1, 2))[:, self.i, self.j]
+        return self.top(torch.cat([x, z], 1)).squeeze(1)
+
+
+def stock_steps(cfg):
+    """(fp32 step, bf16-autocast step) of one stock model (shared tables)."""
     rows, dim = cfg.table_sizes(), cfg.embedding_dim
     bags = torch.nn.ModuleList(
         torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True, _weight=initial_table(n, dim, 0, t))
         for t, n in enumerate(rows))
     torch.manual_seed(0)
-    dense = DenseArch(NUM_DENSE, NUM_SPARSE, *cfg.mlp_sizes())
+    dense = StockDense(cfg)
     opt = torch.optim.SGD(list(bags.parameters()) + list(dense.parameters()), lr=LR)
 
-    def step(b):
+    def step(b, autocast):
         off = torch.arange(b.labels.shape[0])
-        emb = torch.stack([bag(b.sparse[:, t].contiguous(), off) for t, bag in enumerate(bags)], 1)
-        loss = F.binary_cross_entropy_with_logits(dense(b.dense, emb), b.labels)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            emb = torch.stack([bag(b.sparse[:, t].contiguous(), off) for t, bag in enumerate(bags)], 1)
+            logits = dense(b.dense, emb)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return samples_per_s(step, data, warmup, steps)
+    return (lambda b: step(b, False)), (lambda b: step(b, True))
 
 
-def torchrec_dlrm(cfg, data, warmup, steps):
-    """(b) torchrec.models.dlrm.DLRM over torchrec's FusedEmbeddingBagCollection."""
+def torchrec_steps(cfg, data):
+    """(fp32 step, bf16-autocast step) of torchrec.models.dlrm.DLRM over
+    torchrec's FusedEmbeddingBagCollection (FBGEMM's CPU kernels, EXACT_SGD);
+    or a string saying why it cannot run, for both."""
     try:
         import fbgemm_gpu  # noqa: F401
         from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
         from torchrec.models.dlrm import DLRM
         from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
     except ImportError as e:
-        return f"not installed ({e.name})"
+        return (f"not installed ({e.name})",) * 2
     rows, dim = cfg.table_sizes(), cfg.embedding_dim
     keys = [f"f{t}" for t in range(NUM_SPARSE)]
     tables = [EmbeddingBagConfig(name=f"t{t}", embedding_dim=dim, num_embeddings=n,
@@ -100,13 +138,73 @@ def torchrec_dlrm(cfg, data, warmup, steps):
         lengths=torch.ones(NUM_SPARSE * b.labels.shape[0], dtype=torch.int32)) for b in data]
     inputs = {id(b): k for b, k in zip(data, kjts)}
 
-    def step(b):
-        logits = model(b.dense, inputs[id(b)]).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits, b.labels)
+    def step(b, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(b.dense, inputs[id(b)]).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    return samples_per_s(step, data, warmup, steps)
+    return (lambda b: step(b, False)), (lambda b: step(b, True))
+
+
+def gemm_bound(cfg, dtype, rounds, clock):
+    """The step's MLP matmuls alone: (seconds per step, FLOPs per step). Every
+    matmul autograd runs (forward x W^T, grad-weight g^T x, grad-input g W
+    except for the first bottom layer), each timed at its own shape and layout
+    (minimum over `rounds`), summed."""
+    b = cfg.batch_size
+    bottom, top = cfg.mlp_sizes()
+    sizes = [(NUM_DENSE, bottom[0], False)] + [(i, o, True) for i, o in zip(bottom, bottom[1:])]
+    top_in = bottom[-1] + NUM_SPARSE * (NUM_SPARSE + 1) // 2
+    sizes += [(i, o, True) for i, o in zip([top_in] + list(top), top)]
+    mms = []
+    for n_in, n_out, need_dx in sizes:
+        x, w, g = (torch.randn(*s).to(dtype) for s in ((b, n_in), (n_out, n_in), (b, n_out)))
+        mms += [(x, w.t()), (g.t(), x)] + ([(g, w)] if need_dx else [])
+    t = interleaved({k: (lambda r, a=a, m=m: torch.mm(a, m)) for k, (a, m) in enumerate(mms)},
+                    rounds, clock=clock)
+    return sum(v[0] for v in t.values()), sum(2 * a.shape[0] * a.shape[1] * m.shape[1] for a, m in mms)
+
+
+# Ours' step split by torch.profiler: an op's self time goes to the first
+# bucket matched by its name or its nearest ancestor's; the rest of the wall
+# time (other ops, Python, autograd engine) is "other".
+BUCKETS = [("embeddings", ("embedding_bags", "_FusedLookup", "sparse_row", "sparse_add")),
+           ("interaction", ("interaction",)),
+           ("optimizer", ("Optimizer.", "_step_")),
+           ("MLPs", ("aten::linear", "AddmmBackward", "MmBackward", "ReluBackward", "aten::relu",
+                     "aten::addmm", "aten::mm", "threshold_backward", "clamp_min"))]
+
+
+def breakdown(step, data, steps=3):
+    """{bucket: ms per step} of `steps` profiled steps, "other" included."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(data[0])
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(data[(i + 1) % len(data)])
+    wall = (time.perf_counter() - t0) * 1e3 / steps
+    ms = {name: 0.0 for name, _ in BUCKETS}
+    for ev in prof.events():
+        e = ev
+        while e is not None:
+            hit = next((n for n, pats in BUCKETS if any(p in e.name for p in pats)), None)
+            if hit:
+                ms[hit] += ev.self_cpu_time_total / 1e3 / steps
+                break
+            e = e.cpu_parent
+    ms["other"] = max(0.0, wall - sum(ms.values()))
+    return ms
+
+
+def ours_step(cfg):
+    """The examples/dlrm trainer's step (world size 1)."""
+    from dlrm.trainer import Trainer
+
+    return Trainer(cfg).train_step
 
 
 def ours(cfg, data, warmup, steps, rank=0, world=1):
@@ -155,14 +253,73 @@ def ratio(a, b):
     return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
 
 
+def cpu_name():
+    """'model name (family F model M)' from /proc/cpuinfo (VMs often shorten the name)."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} " \
+           f"model {info.get('model', '?')})"
+
+
+VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autocast",
+            "ours fp32", "ours bf16"]
+
+
+def sweep(args, steps, data, n_threads):
+    """One thread count: every variant, the GEMM bound, ours' breakdown."""
+    torch.set_num_threads(n_threads)
+    b = args.batch_size
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    bound = {dt: gemm_bound(make_cfg(args, "fp32"), dt, 5, clock)
+             for dt in (torch.float32, torch.bfloat16)}
+    runnable = {k: f for k, f in steps.items() if callable(f)}
+    t = interleaved({k: (lambda r, f=f: f(data[r % len(data)])) for k, f in runnable.items()},
+                    args.steps, args.warmup, clock)
+    rate = {k: (b / t[k][0] if k in t else steps[k]) for k in VARIANTS}
+    what = "CPU ms/step (process time)" if args.clock == "cpu" else "ms/step"
+    print(f"\n== {n_threads} thread(s) ==  {what} min / median over {args.steps} rounds")
+    for k in VARIANTS:
+        ms = f"{t[k][0] * 1e3:7.1f} / {t[k][1] * 1e3:7.1f} ms" if k in t else " " * 20
+        print(f"  {k:22s} {ms}  {fmt(rate[k])}", flush=True)
+    r = lambda a, c: ratio(rate[a], rate[c])  # noqa: E731
+    print(f"  ours bf16 / stock fp32 {r('ours bf16', 'stock fp32')} (target >= 3x), "
+          f"/ stock + autocast {r('ours bf16', 'stock + autocast')} (target >= 1.8x), "
+          f"/ TorchRec + autocast {r('ours bf16', 'TorchRec + autocast')} (target >= 2x)")
+    print(f"  ours fp32 / stock fp32 {r('ours fp32', 'stock fp32')} (target >= 1.4x), "
+          f"/ TorchRec fp32 {r('ours fp32', 'TorchRec fp32')}")
+    for dt, name in ((torch.float32, "ours fp32"), (torch.bfloat16, "ours bf16")):
+        secs, flops = bound[dt]
+        share = f"{secs / t[name][0]:.0%}" if name in t else "n/a"
+        print(f"  GEMM bound {str(dt)[6:]:8s}: {flops / 1e9:.2f} GFLOP/step of MLP matmuls at "
+              f"{flops / secs / 1e9:.0f} GFLOPS = {secs * 1e3:.1f} ms/step "
+              f"({b / secs:.0f} samples/s); {name} at {share} of it (target >= 70%)")
+    for name in ("ours fp32", "ours bf16"):
+        if name in runnable:
+            ms = breakdown(runnable[name], data)
+            total = sum(ms.values())
+            print(f"  {name} breakdown, wall ms/step (share): " +
+                  ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in ms.items()), flush=True)
+    return rate
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed rounds (one step of each variant)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--max-rows", type=int, default=1_000_000)
     p.add_argument("--batch-size", type=int, default=2048)
-    p.add_argument("--threads", type=int, default=0, help="torch threads at world size 1 "
-                   "(default: torch's); each of the 2 ranks uses cores / 2")
+    p.add_argument("--threads-list", default="", help="comma-separated torch thread counts "
+                   "(default: torch's); each of the 2 ranks of world size 2 uses cores / 2")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the process's CPU time (robust to other processes' load "
+                   "on a shared machine; at 1 thread the cleanest figure; above, it also "
+                   "counts OpenMP threads spinning at barriers). The breakdown stays wall time.")
+    p.add_argument("--skip-world2", action="store_true", help="skip the world-size-2 runs")
     p.add_argument("--timeout", type=int, default=600)
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -170,32 +327,28 @@ def main():
         return worker(args)
     import ipex_train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = [int(n) for n in args.threads_list.split(",")] if args.threads_list else \
+        [torch.get_num_threads()]
     # Every variant flushes subnormals (a one-line setting that otherwise slows
     # elementwise ops several times); the baselines are not handicapped by it.
     torch.set_flush_denormal(True)
     cfg32, cfg16 = make_cfg(args, "fp32"), make_cfg(args, "bf16")
     data = batches(cfg32)
+    cpu = cpu_name()
     print(f"DLRM training, batch {args.batch_size}, dim 64, MLPs 13-512-256-64 / "
           f"415-512-512-256-1, 26 tables capped at {args.max_rows} rows "
           f"({sum(cfg32.table_sizes())} rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-          f"{torch.get_num_threads()} threads, ISA {ipex_train.isa()}, "
-          f"ours' tables: {cfg32.embeddings}")
-    r = {}
-    r["a"] = stock(cfg32, data, args.warmup, args.steps)
-    print(f"(a) stock PyTorch fp32       {fmt(r['a'])}", flush=True)
-    r["b"] = torchrec_dlrm(cfg32, data, args.warmup, args.steps)
-    print(f"(b) TorchRec + FBGEMM fused  {fmt(r['b'])}", flush=True)
-    r["c"] = ours(cfg32, data, args.warmup, args.steps)
-    print(f"(c) ipex_train fp32          {fmt(r['c'])}", flush=True)
-    r["d"] = ours(cfg16, data, args.warmup, args.steps)
-    print(f"(d) ipex_train bf16-split    {fmt(r['d'])}", flush=True)
-    print(f"ratios: (d)/(a) {ratio(r['d'], r['a'])} (target 3x), (d)/(b) {ratio(r['d'], r['b'])} "
-          f"(target 1.5x), (c)/(a) {ratio(r['c'], r['a'])}, (c)/(b) {ratio(r['c'], r['b'])}")
-    ccl, gloo = distributed(args, "ccl"), distributed(args, "gloo")
-    print(f"world size 2, bf16-split: ccl {fmt(ccl)}, gloo {fmt(gloo)}, "
-          f"ccl/gloo {ratio(ccl, gloo)}")
+          f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__}, ISA {ipex_train.isa()}, "
+          f"ours' tables: {cfg32.embeddings}, clock {args.clock}", flush=True)
+    steps = dict(zip(VARIANTS[:2], stock_steps(cfg32)))
+    steps.update(zip(VARIANTS[2:4], torchrec_steps(cfg32, data)))
+    steps["ours fp32"], steps["ours bf16"] = ours_step(cfg32), ours_step(cfg16)
+    for n in threads:
+        sweep(args, steps, data, n)
+    if not args.skip_world2:
+        ccl, gloo = distributed(args, "ccl"), distributed(args, "gloo")
+        print(f"world size 2, bf16-split: ccl {fmt(ccl)}, gloo {fmt(gloo)}, "
+              f"ccl/gloo {ratio(ccl, gloo)}")
 
 
 if __name__ == "__main__":

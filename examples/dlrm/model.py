@@ -6,14 +6,16 @@ while this module is replicated on every rank and trained data-parallel.
     dense [b, 13] --bottom MLP--> x [b, D] --+
                                               +-> T = [x; e_1..e_26]  [b, 27, D]
     pooled embeddings [b, 26, D] ------------+        |
-                                         Z = T T^T, upper triangle without the
-                                         diagonal: 27*26/2 = 351 dot products
+                                         Z = T T^T, strict lower triangle:
+                                         27*26/2 = 351 dot products
                                               |
                      [x, Z] [b, D + 351] --top MLP--> click logit [b]
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ipex_train.nn.functional import interaction, linear_relu
 
 
 def mlp(sizes, last_relu):
@@ -26,50 +28,45 @@ def mlp(sizes, last_relu):
     return nn.Sequential(*layers)
 
 
-class _PairwiseDots(torch.autograd.Function):
-    """t [b, n, D] -> dots [b, n(n-1)/2]: <t_i, t_j> for i < j (row-major order).
-
-    Forward is one bmm Z = t t^T and a gather of the upper triangle. Backward
-    uses Z's symmetry: dL/dt = (G + G^T) t, where G holds the incoming
-    gradient at (i, j); G + G^T is built by one scatter into both (i, j) and
-    (j, i), so the backward is one bmm instead of autograd's two.
-    """
-
-    @staticmethod
-    def forward(ctx, t):
-        b, n, _ = t.shape
-        i, j = torch.triu_indices(n, n, offset=1)
-        upper, lower = i * n + j, j * n + i
-        ctx.save_for_backward(t)
-        ctx.both = torch.cat([upper, lower])
-        return torch.bmm(t, t.transpose(1, 2)).view(b, n * n).index_select(1, upper)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (t,) = ctx.saved_tensors
-        b, n, _ = t.shape
-        sym = grad.new_zeros(b, n * n).index_copy_(1, ctx.both, torch.cat([grad, grad], 1))
-        return torch.bmm(sym.view(b, n, n), t)
-
-
 def interact(x, emb):
-    """Pairwise dot products of [x, emb_1, ..., emb_F], i<j, appended to x.
+    """Dense vector followed by the pairwise dots of [x, emb_1, ..., emb_F].
 
-    x: [b, D]; emb: [b, F, D]  ->  [b, D + (F+1)F/2]
+    x: [b, D]; emb: [b, F, D] (one dtype)  ->  [b, D + (F+1)F/2], dots in the
+    strict lower triangle's row-major order (<t_1,t_0>, <t_2,t_0>, <t_2,t_1>, ...).
+    One native call (``ipex_train.nn.functional.interaction``): no t t^T bmm,
+    no gather, no cat; autocast-safe.
     """
-    t = torch.cat([x.unsqueeze(1), emb], 1)
-    return torch.cat([x, _PairwiseDots.apply(t)], 1)
+    return interaction(x, emb)
+
+
+def upper_to_lower_pairs(n):
+    """perm with lower[k] = upper[perm[k]]: position of each lower-triangle
+    pair (i > j, row-major) in the upper-triangle order (j < i, row-major)
+    of the earlier bmm + triu layout."""
+    i, j = torch.tril_indices(n, n, offset=-1)
+    # upper-row-major index of (j, i), j < i: rows above j hold n-1, n-2, ... pairs
+    return j * n - j * (j + 1) // 2 + (i - j - 1)
 
 
 def run_mlp(layers, x, dtype):
     """Applies `layers` computing in `dtype`: weights stored in another dtype
     (bf16 halves of split fp32 masters) are cast on the fly; their gradients
-    flow back through the cast in the storage dtype."""
-    for layer in layers:
+    flow back through the cast in the storage dtype. A Linear followed by a
+    ReLU runs as one fused layer (``ipex_train.nn.functional.linear_relu``)."""
+    layers = list(layers)
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
         if isinstance(layer, nn.Linear):
-            x = F.linear(x, layer.weight.to(dtype), layer.bias.to(dtype))
+            w, b = layer.weight.to(dtype), layer.bias.to(dtype)
+            if i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU):
+                x = linear_relu(x, w, b)
+                i += 2
+                continue
+            x = F.linear(x, w, b)
         else:
             x = layer(x)
+        i += 1
     return x
 
 
@@ -90,6 +87,11 @@ class DenseArch(nn.Module):
         self.bottom = mlp([num_dense] + list(bottom), last_relu=True)
         n_int = (num_sparse + 1) * num_sparse // 2
         self.top = mlp([dim + n_int] + list(top), last_relu=False)
+        # Same initial function as the earlier upper-triangle layout for a given
+        # seed: the first top layer's pair columns are reordered to match.
+        with torch.no_grad():
+            w = self.top[0].weight
+            w[:, dim:] = w[:, dim:][:, upper_to_lower_pairs(num_sparse + 1)]
         self.compute_dtype = compute_dtype
 
     def forward(self, dense, emb):

@@ -1,0 +1,4 @@
+"""Building blocks of recommendation models: ``ipex_train.nn.functional``."""
+from . import functional
+
+__all__ = ["functional"]
