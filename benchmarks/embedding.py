@@ -13,7 +13,13 @@ a shared machine slows them alike; each is reported as the minimum over the
 rounds (the median beside it) and ratios use the minima. Row-wise Adagrad is
 compared with FBGEMM's only (torch has no such optimizer).
 
-    python benchmarks/embedding.py [--rows 1000000] [--iters 30] [--threads N]
+    python benchmarks/embedding.py [--rows 1000000] [--iters 30] [--threads N] [--parts]
+
+--parts times ours only, split into its parts (the forward op alone, forward op +
+backward-update op called directly, the module's autograd step, and the two ops
+with a built-in C++ autograd node in the graph: what any autograd step pays,
+whatever its node), each as a share of the floor's speed: cheap enough to
+repeat on a loaded machine, and it says which part of the step is over the floor.
 """
 import argparse
 import gc
@@ -134,6 +140,82 @@ def forward_only(module):
     return fwd
 
 
+def ops_step(emb, kind):
+    """forward op + backward-update op called directly: the module's step
+    without autograd and Python glue."""
+    ops = torch.ops.ipex_train
+    tabs = emb._tables
+    state1 = [t._buffers["state_sum"] for t in tabs] if kind else []
+    trails = [t._buffers["trail"] for t in tabs] if emb.dtype == torch.bfloat16 else []
+    eps = float(emb.optimizer.param_groups[0]["eps"])
+
+    def step(idx, off):
+        out = ops.embedding_bags_forward(emb._weights(), [idx], [off], [], [-1], False, False)
+        ops.embedding_bags_backward_update_(emb._weights(), trails, state1, [], torch.ones_like(out),
+                                            [idx], [off], [], [-1], False, False, kind, 0.01, eps,
+                                            0.0, 0.0, 0.0, False)
+    return step
+
+
+def ops_cnode_step(emb):
+    """The two ops of ops_step (SGD, fp32), with a built-in C++ autograd node (an
+    add) run by the engine between them: autograd's own cost, no Python node."""
+    ops = torch.ops.ipex_train
+    anchor = torch.zeros((), requires_grad=True)
+
+    def step(idx, off):
+        out = ops.embedding_bags_forward(emb._weights(), [idx], [off], [], [-1], False, False)
+        y = out + anchor
+        y.backward(torch.ones_like(y))
+        anchor.grad = None
+        ops.embedding_bags_backward_update_(emb._weights(), [], [], [], torch.ones_like(out),
+                                            [idx], [off], [], [-1], False, False, 0, 0.01, 0.0,
+                                            0.0, 0.0, 0.0, False)
+    return step
+
+
+def parts(args):
+    """Ours only, by part, as shares of the floor's speed (see the docstring)."""
+    R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
+    f32, b16 = torch.float32, torch.bfloat16
+    kinds = {"sgd": 0, "rowwise_adagrad": 2}
+    for kind in ("uniform", "zipf"):
+        data = batches(kind, R, B, L, 8)
+        variants, keep = {}, []
+        for opt in kinds:
+            for dt in (f32, b16):
+                step, emb = ours_step(R, D, lr, opt, dt)
+                tag = f"{opt} {str(dt)[6:]}"
+                variants[f"step {tag}"] = (step, data)
+                variants[f"ops {tag}"] = (ops_step(emb, kinds[opt]), data)
+                if opt == "sgd":
+                    variants[f"fwd {tag}"] = (forward_only(emb), data)
+                if opt == "sgd" and dt == f32:
+                    variants[f"ops+C++ node {tag}"] = (ops_cnode_step(emb), data)
+                keep.append(emb)
+        w = torch.nn.EmbeddingBag(R, D, mode="sum").weight.detach()
+        grads = []
+        for i0, _ in data:
+            g = torch.sparse_coo_tensor(i0[None], torch.full((i0.numel(), D), 1e-3), (R, D))
+            grads.append((g,))
+        variants["sparse_add_"] = (lambda g: sparse_add_(w, g, -lr), grads)
+        keep += [w, grads]
+        floors = [row_traffic_floor(R, D, B, L, args.iters)]
+        res = interleaved(variants, args.iters)
+        floors.append(row_traffic_floor(R, D, B, L, args.iters))
+        if floors[0] is None:
+            print("no C++ compiler: no floor")
+            return
+        fwd, upd, add = (min(f[k] for f in floors) for k in range(3))
+        print(f"\n== {kind} indices; floor (uniform rows): forward {fwd:.2f} + update {upd:.2f} = "
+              f"{fwd + upd:.2f} ms, sparse add {add:.2f} ms; min (median) ms, share of the floor's speed")
+        for name, (lo, med) in res.items():
+            ref = fwd if name.startswith("fwd") else add if name == "sparse_add_" else fwd + upd
+            print(f"  {name:28s} {lo:6.2f} ({med:6.2f})  {ref / lo * 100:4.0f}%")
+        del variants, keep, res
+        gc.collect()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
@@ -142,9 +224,15 @@ def main():
     ap.add_argument("--per-bag", type=int, default=32)
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--parts", action="store_true", help="ours only, by part (see the docstring)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.parts:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "
+              f"{ipex_train.isa()}; table {args.rows} x {args.dim}, batch {args.batch} x "
+              f"{args.per_bag} lookups")
+        return parts(args)
     R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
     bw = stream_bandwidth()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "
