@@ -21,7 +21,7 @@ import sys
 
 import torch.distributed as dist
 
-from ._env import RankInfo, discover, ensure_ccl_env
+from ._env import RankInfo, choose_interface, discover, ensure_ccl_env
 from ._lib import load as _load
 
 __all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"]
@@ -81,6 +81,8 @@ def init_from_env(backend=BACKEND, timeout=None, **kwargs):
     os.environ.setdefault("LOCAL_WORLD_SIZE", str(info.local_size))
     os.environ["MASTER_ADDR"] = info.master_addr
     os.environ["MASTER_PORT"] = str(info.master_port)
+    if not info.single_node:
+        choose_interface(info)  # for gloo groups too (GLOO_SOCKET_IFNAME)
     if backend == BACKEND:
         ensure_ccl_env(info)
     if timeout is not None and not isinstance(timeout, datetime.timedelta):

@@ -6,6 +6,8 @@ import sys
 
 from ipex_train.launch._ports import free_port
 
+from . import _net
+
 # (rank, size, local rank, local size) variables, in the order we trust them.
 _LAUNCHERS = [
     ("torchrun", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"),
@@ -44,7 +46,13 @@ def _int(name, default=None, env=None):
 
 
 def _mpi_agree(single_node):
-    """Rank 0's (address, port), broadcast to every rank through mpi4py."""
+    """Rank 0's (address, port), broadcast to every rank through mpi4py.
+
+    Across hosts the address is one the other hosts can reach: every rank
+    sends its interfaces' addresses, and rank 0 publishes its own address on
+    the network the others share (not what its hostname resolves to, which
+    on Debian-style hosts files is 127.0.1.1).
+    """
     try:
         from mpi4py import MPI
     except ImportError as e:
@@ -52,13 +60,31 @@ def _mpi_agree(single_node):
             "MASTER_ADDR/MASTER_PORT are not set and mpi4py is unavailable to agree on them: "
             f"set both, or install mpi4py ({e})") from e
     comm = MPI.COMM_WORLD
+    host = socket.gethostname()
+    nets = None if single_node else comm.allgather((host, _net.own_addresses()))
     mine = None
     if comm.Get_rank() == 0:
-        addr = os.environ.get("MASTER_ADDR") or (
-            "127.0.0.1" if single_node else socket.gethostbyname(socket.gethostname()))
-        port = _int("MASTER_PORT") or free_port("127.0.0.1" if single_node else "0.0.0.0")
-        mine = (addr, port)
-    return comm.bcast(mine, root=0)
+        addr = os.environ.get("MASTER_ADDR")
+        if not addr and single_node:
+            addr = "127.0.0.1"
+        elif not addr:
+            others = [a for h, a in nets if h != host]
+            try:
+                by_name = socket.gethostbyname(host)
+            except OSError:
+                by_name = None
+            addr = _net.pick_master_addr(nets[0][1], others, by_name)
+            if addr is None:
+                mine = RuntimeError(
+                    f"rank 0's host {host} has no non-loopback IPv4 address for the other hosts "
+                    "to reach: set MASTER_ADDR (and MASTER_PORT)")
+        if mine is None:
+            port = _int("MASTER_PORT") or free_port("127.0.0.1" if single_node else "0.0.0.0")
+            mine = (addr, port)
+    mine = comm.bcast(mine, root=0)
+    if isinstance(mine, Exception):
+        raise mine
+    return mine
 
 
 def discover(env=None):
@@ -92,6 +118,49 @@ def discover(env=None):
         else:
             raise RuntimeError(f"{name}: set MASTER_ADDR and MASTER_PORT for a multi-node job")
     return RankInfo(name, rank, size, lrank, lsize, addr, int(port))
+
+
+# Variables naming the network interface, set from the route to MASTER_ADDR
+# when ranks span hosts (oneCCL over OFI, oneCCL's key-value store, UCX under
+# MPICH, and gloo groups beside ccl ones).
+IFACE_VARS = ("FI_TCP_IFACE", "CCL_KVS_IFACE", "UCX_NET_DEVICES", "GLOO_SOCKET_IFNAME")
+
+
+_logged = {}
+
+
+def choose_interface(info, log=True):
+    """For a job across hosts: sets IFACE_VARS the user left unset to the
+    interface the kernel routes MASTER_ADDR through, and says so (once per
+    host). Raises when MASTER_ADDR is loopback or unroutable: ranks on other
+    hosts could not reach it, and oneCCL would hang in its set-up instead."""
+    addr = info.master_addr
+    found = _net.resolve(addr)
+    # a name for rank 0's own host may resolve to 127.0.1.1 there first
+    # (Debian-style hosts files) and to its real address after
+    reachable = [a for a in found if not _net.is_loopback(a)]
+    if not found:
+        raise RuntimeError(f"MASTER_ADDR={addr} does not resolve on host {socket.gethostname()}")
+    if not reachable:
+        raise RuntimeError(
+            f"MASTER_ADDR={addr} is a loopback address on host {socket.gethostname()} but the "
+            f"ranks span hosts ({info.local_size} of {info.world_size} on this one): set it to "
+            "an address of rank 0's host that the others reach")
+    iface = _net.iface_for(reachable[0])
+    if iface is None:
+        raise RuntimeError(f"no route from host {socket.gethostname()} to MASTER_ADDR={addr} "
+                           f"({reachable[0]}): check the address and this host's interfaces")
+    kept = {k: os.environ[k] for k in IFACE_VARS if os.environ.get(k)}
+    for k in IFACE_VARS:
+        os.environ.setdefault(k, iface)
+    if log and info.local_rank == 0 and _logged.get(addr) != iface:
+        _logged[addr] = iface
+        note = "; kept the user's " + ", ".join(f"{k}={v}" for k, v in kept.items()) if kept else ""
+        print(f"ipex_train.distributed: host {socket.gethostname()}: interface {iface} routes to "
+              f"MASTER_ADDR {addr}: using it for "
+              + ", ".join(k for k in IFACE_VARS if k not in kept) + note,
+              file=sys.stderr, flush=True)
+    return iface
 
 
 def mpich_abi_libmpi():
@@ -129,6 +198,8 @@ def ensure_ccl_env(info=None):
     }
     if single:
         defaults.update({"FI_TCP_IFACE": "lo", "CCL_KVS_IFACE": "lo"})
+    else:
+        choose_interface(info)
     for k, v in defaults.items():
         os.environ.setdefault(k, v)
     if os.environ["CCL_ATL_TRANSPORT"] == "mpi":
@@ -163,7 +234,19 @@ def ensure_ccl_env(info=None):
 # for its default (quiet 2-rank runs), and as fast at 1 MiB. (An MPICH
 # variable: read at MPI_Init, which oneCCL calls after this is set; set only
 # for the MPI transport, i.e. the venv's MPICH.)
+#
+# all_to_all_single with uneven splits runs oneCCL's alltoallv. Its built-in
+# table over this transport is "direct" (MPI_Ialltoallv) up to 1 MiB and
+# "scatter" (its own point-to-point messages) above, and each rank looks up
+# the table with a size of its own (its send counts, which differ between
+# ranks when blocks are sized by the sender, as DLRM's are). Ranks on either
+# side of 1 MiB then run different algorithms that never match: every rank
+# hung until the timeout (3 ranks, blocks of 1, 2 and 3 MiB; oneCCL's debug
+# log shows rank 0 "direct", ranks 1-2 "scatter"). One algorithm for every
+# size makes the choice the same on all ranks; "direct" is what oneCCL
+# already runs below 1 MiB.
 MPI_TRANSPORT_ALGORITHMS = {
+    "CCL_ALLTOALLV": "direct",
     "MPIR_CVAR_IALLTOALL_INTRA_ALGORITHM": "tsp_scattered",
     "CCL_ALLREDUCE": "direct:0-2097152;nreduce:2097153-max",
     "CCL_REDUCE": "direct:0-262144;double_tree:262145-max",
