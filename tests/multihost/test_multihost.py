@@ -82,3 +82,48 @@ def test_collectives_env_rendezvous(cluster, tmp_path):
         assert q.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
     for r in check(type("P", (), {"returncode": 0})(), tmp_path, 4):
         assert r["env"]["CCL_ATL_TRANSPORT"] == "ofi"
+
+
+DLRM = ["--batch-size", "256", "--max-rows", "2000", "--embedding-dim", "8", "--bottom-mlp",
+        "32-8", "--top-mlp", "32-1", "--eval-batches", "4", "--eval-every", "0", "--log-every",
+        "1", "--no-progress", "--threads", "1", "--steps", "5", "--dtype", "fp32",
+        "--embeddings", "fused", "--emb-optimizer", "rowwise_adagrad", "--backend", "ccl"]
+
+
+def test_dlrm_two_hosts_equals_one_host(cluster, tmp_path):
+    """examples/dlrm at world size 2: one rank per host gives the losses of
+    two ranks on one host, bit for bit (the same reductions in the same
+    order; only the transport differs)."""
+    need_ccl()
+    train = os.path.join(ROOT, "examples", "dlrm", "train.py")
+    runs = {}
+    for name, launch in (("one host", ["--nproc-per-node", "2"]),
+                         ("two hosts", ["--nnodes", "2", "--nproc-per-node", "1", "--hostfile",
+                                        cluster.hostfile()])):
+        out = tmp_path / f"{name.replace(' ', '_')}.json"
+        p = cluster.run("node0", ["ipex-train-run", *launch, train, *DLRM, "--metrics-out",
+                                  str(out)], env=job_env(), timeout=300)
+        assert p.returncode == 0, f"{name}: exit {p.returncode}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}"
+        runs[name] = json.loads(out.read_text())
+    one, two = runs["one host"], runs["two hosts"]
+    assert one["world_size"] == two["world_size"] == 2
+    assert sorted(one["losses"]) == sorted(two["losses"]) == [str(s) for s in range(1, 6)]
+    assert one["losses"] == two["losses"]
+    assert one["evals"][-1]["auc"] == two["evals"][-1]["auc"]
+
+
+def test_alltoallv_sized_by_sender_3_ranks_mpi_transport(tmp_path):
+    """Issue #13 item 1: over oneCCL's MPI transport with blocks of 1-3 MiB
+    sized by the sender, oneCCL picked its alltoallv algorithm per rank from
+    that rank's own sizes ("direct" up to 1 MiB, "scatter" above), and ranks
+    on either side of the line never met: every rank hung until the timeout.
+    One host, 3 ranks, the direct reads turned off so oneCCL moves the bytes."""
+    need_ccl()
+    from _launch import run
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "3", sys.executable, WORKER, str(tmp_path),
+             "--timeout", "60"], timeout=400, IPEX_TRAIN_CCL_LOCAL="0")
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    for r in results(tmp_path, 3):
+        assert not r["failures"], "\n".join(r["failures"][:10])
+        assert r["transfer_path"].startswith("oneccl (turned off"), r["transfer_path"]
+        assert r["env"]["CCL_ATL_TRANSPORT"] == "mpi"
