@@ -14,6 +14,8 @@ from tests.distributed._ccl import HERE, cma_between_siblings, need_ccl, results
 pytestmark = [pytest.mark.multiproc, pytest.mark.ccl]
 
 WORKER = os.path.join(HERE, "_worker_collectives.py")
+# closed-form checks at 1 and 4 MiB, even and uneven (tests/multihost uses it across hosts)
+XHOST_WORKER = os.path.join(os.path.dirname(HERE), "multihost", "_worker_xhost.py")
 
 
 def _check(p, out_dir, world, path=None, min_checks=1000):
@@ -83,3 +85,19 @@ def test_init_methods(tmp_path):
             a2a = [0.0 + rank, 10.0 + rank]  # element `rank` of each member's [10q, 10q + 1]
             want.update({"env_sub_a2a": a2a, "tcp_sub_a2a": a2a, "file_sub_a2a": a2a})
         assert r == want, (rank, r)
+
+
+def test_alltoallv_sized_by_sender_3_ranks_mpi_transport(tmp_path):
+    """Issue #13 item 1: over oneCCL's MPI transport with blocks of 1-3 MiB
+    sized by the sender, oneCCL picked its alltoallv algorithm per rank from
+    that rank's own sizes ("direct" up to 1 MiB, "scatter" above), and ranks
+    on either side of the line never met: every rank hung until the timeout.
+    One host, 3 ranks, the direct reads turned off so oneCCL moves the bytes."""
+    need_ccl()
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "3", sys.executable, XHOST_WORKER, str(tmp_path),
+             "--timeout", "60"], timeout=400, env=clean_env(IPEX_TRAIN_CCL_LOCAL="0"))
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    for r in results(tmp_path, 3):
+        assert not r["failures"], "\n".join(r["failures"][:10])
+        assert r["transfer_path"].startswith("oneccl (turned off"), r["transfer_path"]
+        assert r["env"]["CCL_ATL_TRANSPORT"] == "mpi"

@@ -34,9 +34,9 @@ import subprocess
 import sys
 import time
 
+from tests._procs import BIN, ROOT, clean_env, run_all
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
-BIN = os.path.dirname(sys.executable)
 STANDIN = os.path.join(HERE, "ssh_standin.py")
 IFACE = "mh0"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -189,20 +189,22 @@ class Cluster:
         return [os.path.join(self.bin, "ssh"), host, " ".join(words)]
 
     def popen(self, host, argv, env=None, **kw):
+        """Starts `argv` on `host` in a session of its own (tests._procs.kill_tree ends it)."""
         kw.setdefault("stdout", subprocess.PIPE)
         kw.setdefault("stderr", subprocess.PIPE)
         kw.setdefault("text", True)
-        return subprocess.Popen(self.command(host, argv, env), cwd=ROOT, **kw)
+        return subprocess.Popen(self.command(host, argv, env), cwd=ROOT, env=clean_env(),
+                                start_new_session=True, **kw)
+
+    def run_all(self, jobs, timeout):
+        """[(host, argv, env)...] started at once under tests._procs.run_all's
+        deadline (everything killed at the end); output merged per job."""
+        return run_all([self.command(h, a, e) for h, a, e in jobs], timeout,
+                       [clean_env()] * len(jobs))
 
     def run(self, host, argv, env=None, timeout=60):
-        p = self.popen(host, argv, env)
-        try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            out, err = p.communicate()
-            raise subprocess.TimeoutExpired(p.args, timeout, out, err) from None
-        return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+        """One command on `host` (a launcher, say); stdout and stderr apart."""
+        return run_all([self.command(host, argv, env)], timeout, [clean_env()], merge=False)[0]
 
     def counters(self, host):
         """(rx_bytes, tx_bytes) of `host`'s link, read from the host's side."""

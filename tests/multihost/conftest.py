@@ -1,13 +1,9 @@
 """Fixtures for tests across simulated hosts (see _hosts.py)."""
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "distributed"))
-
-import _hosts  # noqa: E402
+from tests.multihost import _hosts
 
 
 def _in_ci():

@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from _hosts import BIN, HERE, ROOT
-from _launch import need_ccl, results
+from tests._procs import ROOT, check_all_ok, free_port
+from tests.distributed._ccl import need_ccl, results
+from tests.multihost._hosts import HERE
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.ccl, pytest.mark.multihost]
 
 WORKER = os.path.join(HERE, "_worker_xhost.py")
 TIMEOUT_S = 60  # the process group's timeout inside the ranks
@@ -61,25 +64,11 @@ def test_collectives_env_rendezvous(cluster, tmp_path):
     """torchrun-style variables on each host (oneCCL's OFI transport), with
     MASTER_ADDR naming node0: the interface for OFI comes from the route."""
     need_ccl()
-    from launchers._ports import free_port
     port = free_port()
-    procs = []
-    for rank in range(4):
-        host = f"node{rank // 2}"
-        env = job_env(RANK=str(rank), WORLD_SIZE="4", LOCAL_RANK=str(rank % 2),
-                      LOCAL_WORLD_SIZE="2", MASTER_ADDR="node0", MASTER_PORT=str(port))
-        procs.append(cluster.popen(host, [sys.executable, WORKER, str(tmp_path), "--timeout",
-                                          str(TIMEOUT_S)], env=env))
-    outs = []
-    try:
-        for q in procs:
-            outs.append(q.communicate(timeout=240))
-    finally:
-        for q in procs:
-            if q.poll() is None:
-                q.kill()
-    for q, (out, err) in zip(procs, outs):
-        assert q.returncode == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    jobs = [(f"node{rank // 2}", [sys.executable, WORKER, str(tmp_path), "--timeout", str(TIMEOUT_S)],
+             job_env(RANK=str(rank), WORLD_SIZE="4", LOCAL_RANK=str(rank % 2), LOCAL_WORLD_SIZE="2",
+                     MASTER_ADDR="node0", MASTER_PORT=str(port))) for rank in range(4)]
+    check_all_ok(cluster.run_all(jobs, timeout=300))
     for r in check(type("P", (), {"returncode": 0})(), tmp_path, 4):
         assert r["env"]["CCL_ATL_TRANSPORT"] == "ofi"
 
@@ -111,19 +100,3 @@ def test_dlrm_two_hosts_equals_one_host(cluster, tmp_path):
     assert one["losses"] == two["losses"]
     assert one["evals"][-1]["auc"] == two["evals"][-1]["auc"]
 
-
-def test_alltoallv_sized_by_sender_3_ranks_mpi_transport(tmp_path):
-    """Issue #13 item 1: over oneCCL's MPI transport with blocks of 1-3 MiB
-    sized by the sender, oneCCL picked its alltoallv algorithm per rank from
-    that rank's own sizes ("direct" up to 1 MiB, "scatter" above), and ranks
-    on either side of the line never met: every rank hung until the timeout.
-    One host, 3 ranks, the direct reads turned off so oneCCL moves the bytes."""
-    need_ccl()
-    from _launch import run
-    p = run([os.path.join(BIN, "mpiexec"), "-n", "3", sys.executable, WORKER, str(tmp_path),
-             "--timeout", "60"], timeout=400, IPEX_TRAIN_CCL_LOCAL="0")
-    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    for r in results(tmp_path, 3):
-        assert not r["failures"], "\n".join(r["failures"][:10])
-        assert r["transfer_path"].startswith("oneccl (turned off"), r["transfer_path"]
-        assert r["env"]["CCL_ATL_TRANSPORT"] == "mpi"
