@@ -15,13 +15,14 @@ collective does and how failures surface (a dead peer makes the others raise
 within the process group's timeout).
 """
 import atexit
+import ctypes
 import datetime
 import os
 import sys
 
 import torch.distributed as dist
 
-from ._env import RankInfo, choose_interface, discover, ensure_ccl_env
+from ._env import RankInfo, check_hosts, choose_interface, discover, ensure_ccl_env
 from ._lib import load as _load
 
 __all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"]
@@ -29,28 +30,53 @@ __all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"
 BACKEND = "ccl"
 
 
+_ccl_created = False  # a ccl group was made in this process (oneCCL holds state)
+
+
 def _create_ccl(store, rank, size, timeout):
     """torch.distributed's creator hook: (store, rank, size, timedelta) -> Backend."""
+    global _ccl_created
     ensure_ccl_env()
-    return _load().ProcessGroupCCL(store, rank, size, timeout.total_seconds())
+    check_hosts(store, rank, size, timeout)
+    pg = _load().ProcessGroupCCL(store, rank, size, timeout.total_seconds())
+    _ccl_created = True
+    return pg
 
 
 @atexit.register
-def _exit_after_abort():
-    """Skips oneCCL's library teardown after an abort.
+def _exit_without_teardown():
+    """Ends a process that used oneCCL without running oneCCL's teardown,
+    keeping the exit status the script chose.
 
-    An aborted group leaves a worker thread inside a oneCCL call that will
-    never return; oneCCL's static destructors then crash under it. So when a
-    group aborted, end the process here with status 1 (the job already failed
-    a collective) before C++ teardown runs.
+    oneCCL's static destructors crash under a worker thread an aborted group
+    left inside a oneCCL call, and a group still alive at exit (no
+    destroy_process_group) tears its communicator down against peers that
+    may be gone or busy: seen blocking in a socket read until the peer's next
+    collective, or aborting ("terminate called without an active
+    exception"). So, once interpreter teardown is done, the process ends
+    with _exit(status) before any C++ static destructor: glibc's on_exit
+    hands its handler the status exit() was called with, and _exit takes it
+    as its one argument. Groups still alive are kept alive until then (an
+    extra reference each), so none is destroyed during interpreter teardown.
     """
     mod = sys.modules.get("ipex_train._ccl")
-    if mod is not None and mod.any_aborted():
+    if mod is None or not _ccl_created:
+        return
+    try:
+        from torch.distributed import distributed_c10d as c10d
+        for pg in list(getattr(c10d._world, "pg_map", {})):
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(pg))
+    except Exception:  # torch internals moved: still skip the C++ teardown
+        pass
+    if mod.any_aborted():
+        print("ipex_train.distributed: a ccl process group was aborted; exiting without oneCCL "
+              "teardown", file=sys.stderr, flush=True)
+    libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    if libc.on_exit(ctypes.cast(libc._exit, ctypes.c_void_p), None) != 0:
         sys.stdout.flush()
         sys.stderr.flush()
-        print("ipex_train.distributed: a ccl process group was aborted; exiting with status 1 "
-              "without oneCCL teardown", file=sys.stderr, flush=True)
-        os._exit(1)
+        os._exit(1)  # the old way: status lost, teardown skipped
 
 
 def _register():

@@ -6,7 +6,7 @@ import sys
 
 from ipex_train.launch._ports import free_port
 
-from . import _net
+from ipex_train.launch import _net
 
 # (rank, size, local rank, local size) variables, in the order we trust them.
 _LAUNCHERS = [
@@ -161,6 +161,51 @@ def choose_interface(info, log=True):
               + ", ".join(k for k in IFACE_VARS if k not in kept) + note,
               file=sys.stderr, flush=True)
     return iface
+
+
+def _host_identity():
+    """(hostname, boot id, PID namespace) of this process."""
+    def read(fn):
+        try:
+            return fn()
+        except OSError:
+            return "?"
+    boot = read(lambda: open("/proc/sys/kernel/random/boot_id").read().strip())
+    pidns = read(lambda: os.readlink("/proc/self/ns/pid"))
+    return socket.gethostname(), boot, pidns
+
+
+def check_hosts(store, rank, size, timeout=None):
+    """Raises, on every rank, when two ranks share a hostname but not a
+    machine or a PID namespace.
+
+    oneCCL tells hosts apart by hostname and processes by hostname and pid.
+    Containers that share a hostname but not a PID namespace give it equal
+    (hostname, pid) pairs, and its set-up fails ("Unregister Barrier
+    request!") and then hangs; machines that share a hostname look like one.
+    Checked through the c10d store before oneCCL is touched.
+    """
+    host, boot, pidns = _host_identity()
+    store.set(f"ipex_train/host/{rank}", "\t".join((host, boot, pidns, str(os.getpid()))))
+    seen = {}
+    for r in range(size):
+        h, b, ns, pid = store.get(f"ipex_train/host/{r}").decode().split("\t")
+        if h not in seen:
+            seen[h] = (r, b, ns, pid)
+            continue
+        r0, b0, ns0, pid0 = seen[h]
+        if b != b0:
+            raise RuntimeError(
+                f"ranks {r0} and {r} both run on a host named {h!r} but on different machines "
+                "(their boot ids differ): oneCCL tells hosts apart by name; give every machine "
+                "its own hostname")
+        if ns != ns0:
+            same = " with the same pid" if pid == pid0 else ""
+            raise RuntimeError(
+                f"ranks {r0} and {r} run on host {h!r} in different PID namespaces{same} "
+                "(containers sharing a hostname?): oneCCL tells processes apart by hostname and "
+                "pid, and its set-up then fails and hangs; give each container its own hostname "
+                "or let them share the host's PID namespace (docker run --pid=host)")
 
 
 def mpich_abi_libmpi():

@@ -9,19 +9,27 @@ first MPI on PATH (``--mpi`` picks one), recognising MPICH / Intel MPI (hydra)
 and Open MPI and using each one's flags. Every rank gets its share of this
 node's cores: ``--ccl-workers K`` keeps K of each rank's cores for oneCCL's
 worker threads (CCL_WORKER_AFFINITY) and gives the rest to OpenMP
-(OMP_NUM_THREADS, GOMP/KMP affinity); ranks are pinned by _rank.py (beside
-this file), which execs the script. Ranks find each other with
-``ipex_train.distributed.init_from_env()``.
+(OMP_NUM_THREADS, GOMP/KMP affinity); each rank's _rank.py (beside this
+file) plans its own host's cores, pins itself and runs the script as its
+child, reporting to this launcher (_supervise.py): a rank that fails, a
+lost host, or SIGTERM/SIGHUP/SIGINT here end the whole job, and the
+launcher returns the failed rank's status. Ranks find each other with
+``ipex_train.distributed.init_from_env()``. Settings the user exported
+(CCL_ATL_TRANSPORT, FI_PROVIDER, FI_TCP_IFACE, ...) are kept; a flag that
+overrides one says so.
 """
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 
+from . import _net
 from ._cores import UsageError, plan_cores
 from ._ports import free_port
+from ._supervise import Supervisor
 
 _RANK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_rank.py")
 
@@ -40,6 +48,9 @@ def parse_args(argv):
     p.add_argument("--oversubscribe", action="store_true",
                    help="allow more ranks (plus ccl workers) than cores on the node")
     p.add_argument("--mpi", help="path of the mpiexec/mpirun to use")
+    p.add_argument("--contact-timeout", type=float, default=60.0,
+                   help="seconds without word from a rank's host before the job is ended "
+                        "(default 60)")
     p.add_argument("--dry-run", action="store_true", help="print the command and environment only")
     p.add_argument("script", help="the Python script to run")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
@@ -50,13 +61,62 @@ def parse_args(argv):
         raise UsageError(f"--nnodes must be >= 1, got {a.nnodes}")
     if a.ccl_workers < 0:
         raise UsageError(f"--ccl-workers must be >= 0, got {a.ccl_workers}")
+    if a.contact_timeout <= 0:
+        raise UsageError(f"--contact-timeout must be > 0, got {a.contact_timeout}")
     if a.nnodes > 1 and not a.hostfile:
         raise UsageError(f"--nnodes {a.nnodes} needs --hostfile listing the nodes")
-    if a.hostfile and not os.path.isfile(a.hostfile):
-        raise UsageError(f"hostfile {a.hostfile!r} does not exist")
+    a.hosts = read_hostfile(a.hostfile) if a.hostfile else []
+    if a.hostfile and len(a.hosts) < a.nnodes:
+        raise UsageError(f"hostfile {a.hostfile!r} lists {len(a.hosts)} host(s) but --nnodes is "
+                         f"{a.nnodes}")
+    if os.path.isdir(a.script):
+        raise UsageError(f"script {a.script!r} is a directory, not a Python script")
     if not os.path.isfile(a.script):
         raise UsageError(f"script {a.script!r} does not exist")
     return a
+
+
+_HOST = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")
+
+
+def read_hostfile(path):
+    """[(host, slots or None)] from an MPI hostfile: one host per line as
+    `host`, `host:slots` (MPICH) or `host slots=N` (Open MPI); `#` comments
+    and blank lines ignored. Raises UsageError naming the bad line."""
+    if os.path.isdir(path):
+        raise UsageError(f"hostfile {path!r} is a directory")
+    if not os.path.exists(path):
+        raise UsageError(f"hostfile {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise UsageError(f"hostfile {path!r} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"hostfile {path!r} is not text (one host name per line)") from None
+    hosts = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        words = line.split()
+        host, _, slots = words[0].partition(":")
+        if not _HOST.match(host) or len(host) > 253:
+            raise UsageError(f"hostfile {path!r} line {n}: {host!r} is not a host name")
+        for w in words[1:]:
+            if w.startswith(("slots=", "max_slots=")) and not slots:
+                slots = w.split("=", 1)[1] if w.startswith("slots=") else slots
+            elif not w.startswith(("slots=", "max_slots=")):
+                raise UsageError(f"hostfile {path!r} line {n}: unexpected {w!r} "
+                                 "(expected `host`, `host:slots` or `host slots=N`)")
+        if slots and not (slots.isdigit() and int(slots) > 0):
+            raise UsageError(f"hostfile {path!r} line {n}: slots {slots!r} is not a positive integer")
+        hosts.append((host, int(slots) if slots else None))
+    if not hosts:
+        raise UsageError(f"hostfile {path!r} lists no hosts")
+    return hosts
 
 
 def find_mpi(path=None):
@@ -84,21 +144,51 @@ def find_mpi(path=None):
                      "(hydra) and Open MPI")
 
 
-def build(a, exe, flavour, cores):
-    """Returns (argv, env) for the launch: env holds only what we set."""
+def here_is_first(hosts):
+    """Whether the hostfile's first host (rank 0's) is this machine."""
+    name = hosts[0][0]
+    if name.split(".")[0] == _net.socket.gethostname().split(".")[0]:
+        return True
+    mine = {a for a, _ in _net.own_addresses()}
+    return any(_net.is_loopback(x) or x in mine for x in _net.resolve(name))
+
+
+def toward_others(hosts):
+    """This machine's address on the route to the first other host, or None."""
+    mine = {a for a, _ in _net.own_addresses()}
+    for name, _ in hosts[1:]:
+        for x in _net.resolve(name):
+            if not _net.is_loopback(x) and x not in mine:
+                src = _net.source_addr(x)
+                if src and not _net.is_loopback(src):
+                    return src
+    return None
+
+
+def build(a, exe, flavour, cores, notes=None):
+    """Returns (argv, env, plan) for the launch: env holds only what we set;
+    `notes` collects what the user should be told (overridden settings)."""
+    notes = [] if notes is None else notes
     total = a.nproc_per_node * a.nnodes
     plan = plan_cores(cores, a.nproc_per_node, a.ccl_workers, a.oversubscribe)
     # default: oneCCL's MPI transport under MPICH / Intel MPI (fastest measured),
     # when its libmpi.so.12 is at hand; OFI (libfabric, tcp) otherwise
     libmpi = any(os.path.exists(os.path.join(r, "lib", "libmpi.so.12")) for r in
                  (os.environ.get("I_MPI_ROOT") or "/nonexistent", sys.prefix))
-    transport = a.transport or ("mpi" if flavour == "hydra" and libmpi else "ofi")
+    # the user's own CCL_ATL_TRANSPORT wins over our default; --transport over both (said)
+    user = os.environ.get("CCL_ATL_TRANSPORT")
+    if user and user not in ("ofi", "mpi"):
+        raise UsageError(f"CCL_ATL_TRANSPORT={user!r} in the environment: expected ofi or mpi")
+    transport = a.transport or user or ("mpi" if flavour == "hydra" and libmpi else "ofi")
+    if a.transport and user and user != a.transport:
+        notes.append(f"--transport {a.transport} overrides CCL_ATL_TRANSPORT={user} from the "
+                     "environment")
     if transport == "mpi" and flavour != "hydra":
         raise UsageError("--transport mpi needs MPICH or Intel MPI (oneCCL loads libmpi.so.12); "
                          "this is Open MPI: use --transport ofi")
     env = {
-        "IPT_RANK_CORES": plan.encode(),
-        "OMP_NUM_THREADS": str(plan.threads),
+        # each rank plans its host's cores itself (_rank.py): hosts may differ
+        "IPT_CORE_PLAN": f"{a.nproc_per_node},{a.ccl_workers},{int(a.oversubscribe)}",
         "CCL_ATL_TRANSPORT": transport,
         "CCL_PROCESS_LAUNCHER": "none",
         "CCL_WORKER_COUNT": str(max(a.ccl_workers, 1)),
@@ -109,13 +199,18 @@ def build(a, exe, flavour, cores):
         # pages (process_vm_readv pins each page; measured here at 8-32 MiB)
         "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "1"),
     }
-    if a.ccl_workers:
-        env["CCL_WORKER_AFFINITY"] = ",".join(str(c) for c in plan.worker_cores_all())
     if transport == "ofi":
         env["FI_PROVIDER"] = os.environ.get("FI_PROVIDER", "tcp")
     if a.nnodes == 1:
         env.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-                    "FI_TCP_IFACE": "lo", "CCL_KVS_IFACE": "lo"})
+                    "FI_TCP_IFACE": os.environ.get("FI_TCP_IFACE", "lo"),
+                    "CCL_KVS_IFACE": os.environ.get("CCL_KVS_IFACE", "lo")})
+    elif not os.environ.get("MASTER_ADDR") and here_is_first(a.hosts):
+        # rank 0 runs here: its address toward the other hosts, known before
+        # MPI starts, lets every rank choose its interface (UCX_NET_DEVICES too)
+        addr = toward_others(a.hosts)
+        if addr:
+            env.update({"MASTER_ADDR": addr, "MASTER_PORT": str(free_port("0.0.0.0"))})
     cmd = [exe]
     if flavour == "hydra":
         cmd += ["-n", str(total), "-ppn", str(a.nproc_per_node)]
@@ -141,28 +236,40 @@ def build(a, exe, flavour, cores):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    notes = []
     try:
         a = parse_args(argv)
         exe, flavour = find_mpi(a.mpi)
         cores = sorted(os.sched_getaffinity(0))
-        cmd, env, plan = build(a, exe, flavour, cores)
+        cmd, env, plan = build(a, exe, flavour, cores, notes)
     except UsageError as e:
         print(f"ipex-train-run: error: {e}", file=sys.stderr)
         return 2
+    for n in notes:
+        print(f"ipex-train-run: {n}", file=sys.stderr, flush=True)
     if a.dry_run:
         print(f"# MPI: {exe} ({flavour})")
         for line in plan.describe():
-            print(f"# {line}")
+            print(f"# {line} (on this host; each host plans its own cores)")
         for k, v in env.items():
             print(f"export {k}={shlex.quote(v)}")
         print(shlex.join(cmd))
         return 0
+    # ranks report to us: over loopback on one host, else at our address toward the others
+    if a.nnodes == 1:
+        bind = advertise = "127.0.0.1"
+    else:
+        bind, advertise = "0.0.0.0", toward_others(a.hosts) or (
+            [x for x, _ in _net.own_addresses()] + ["127.0.0.1"])[0]
+    sup = Supervisor(bind, advertise, a.nproc_per_node * a.nnodes, a.contact_timeout)
+    env.update(sup.env())
+    i = cmd.index(sys.executable)
+    genv = (["-genv", k, v] for k, v in sup.env().items()) if flavour == "hydra" else (
+        ["-x", f"{k}={v}"] for k, v in sup.env().items())
+    cmd = cmd[:i] + [w for pair in genv for w in pair] + cmd[i:]
     full = dict(os.environ)
     full.update(env)
-    try:
-        return subprocess.call(cmd, env=full)
-    except KeyboardInterrupt:
-        return 130
+    return sup.run(cmd, full)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Started as plain processes with torchrun-style variables (see test_faults.py).
 Usage: python _worker_fault.py MODE TIMEOUT_S OUT_DIR [OP], MODE in {kill, raise},
 OP in {all_reduce (default), all_to_all_single}. Rank 1 dies (SIGKILL itself,
 or an uncaught exception); rank 0 reports how long its OP took to fail in
-OUT_DIR/rank0.json.
+OUT_DIR/rank0.json and exits with status 4.
 """
 import json
 import os
@@ -56,3 +56,4 @@ except RuntimeError:
 with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
     json.dump(result, f)
 print("rank0 done", flush=True)
+sys.exit(4)  # the script's own status: kept although its group aborted (issue #13 item 5)

@@ -78,7 +78,8 @@ def test_dry_run_prints_command_and_env(tmp_path):
     p = _run("--nproc-per-node", "2", "--transport", "mpi", "--dry-run", str(script), "--lr", "1")
     assert p.returncode == 0, p.stderr
     assert "export CCL_ATL_TRANSPORT=mpi" in p.stdout
-    assert "export FI_TCP_IFACE=lo" in p.stdout and "export OMP_NUM_THREADS=" in p.stdout
+    # each rank plans its own host's cores from (ranks per node, ccl workers, oversubscribe)
+    assert "export FI_TCP_IFACE=lo" in p.stdout and "export IPT_CORE_PLAN=2,0,0" in p.stdout
     assert "export THP_MEM_ALLOC_ENABLE=1" in p.stdout
     last = p.stdout.strip().splitlines()[-1]
     assert "mpiexec -n 2 -ppn 2" in last and last.endswith(f"{script} --lr 1")
@@ -90,6 +91,7 @@ def test_dry_run_prints_command_and_env(tmp_path):
     (["--nproc-per-node", "1", "--nnodes", "2", "--hostfile", "/nonexistent/hosts"], "does not exist"),
     (["--nproc-per-node", "1", "--mpi", "/bin/echo"], "unknown MPI"),
     (["--nproc-per-node", "0"], ">= 1"),
+    (["--nproc-per-node", "1", "--contact-timeout", "0"], "> 0"),
 ])
 def test_bad_arguments(tmp_path, args, needle):
     script = tmp_path / "train.py"
@@ -118,3 +120,74 @@ def test_free_ports_when_nothing_lies_below_the_ephemeral_range(monkeypatch):
     for p in got:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))
+
+
+@pytest.mark.parametrize("content,needle", [
+    ("", "lists no hosts"),
+    ("# only a comment\n\n", "lists no hosts"),
+    ("node0\nnode0:two\n", "line 2: slots 'two'"),
+    ("\x00\x01garbage\xff\n", "not text"),
+    ("no/such host!\n", "line 1: 'no/such' is not a host name"),
+    ("a;rm -rf\n", "line 1: 'a;rm' is not a host name"),
+    ("node0 slots=x\n", "slots 'x'"),
+    ("node0 extra\n", "line 1: unexpected 'extra'"),
+])
+def test_bad_hostfile_contents(tmp_path, content, needle):
+    from ipex_train.launch.run import read_hostfile
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(content.encode("latin-1"))
+    with pytest.raises(UsageError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        read_hostfile(str(hosts))
+
+
+@pytest.mark.parametrize("content,nnodes,needle", [
+    ("\x00garbage\n", 1, "not text"),
+    ("node0\n", 2, "lists 1 host(s) but --nnodes is 2"),
+])
+def test_bad_hostfile_is_a_usage_error(tmp_path, content, nnodes, needle):
+    """Issue #13 item 14: an empty, short or garbage hostfile was a traceback
+    from the core planner in every rank, or silently accepted at --nnodes 1."""
+    script = tmp_path / "train.py"
+    script.write_text("")
+    hosts = tmp_path / "hosts"
+    hosts.write_bytes(content.encode("latin-1"))
+    p = _run("--nproc-per-node", "1", "--nnodes", str(nnodes), "--hostfile", str(hosts),
+             "--dry-run", str(script))
+    assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_good_hostfile_formats(tmp_path):
+    from ipex_train.launch.run import read_hostfile
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# cluster\nnode0:2\n\nnode-1.example.org slots=4  # big one\nnode_2\n")
+    assert read_hostfile(str(hosts)) == [("node0", 2), ("node-1.example.org", 4), ("node_2", None)]
+
+
+def test_script_that_is_a_directory(tmp_path):
+    p = _run("--nproc-per-node", "1", "--dry-run", str(tmp_path))
+    assert p.returncode == 2 and "is a directory" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("user,flag,want,note", [
+    ("ofi", None, "ofi", False),        # the user's export wins over our default
+    ("ofi", "mpi", "mpi", True),        # an explicit flag wins, and says so
+])
+def test_user_transport_is_kept_or_overridden_aloud(tmp_path, user, flag, want, note):
+    """Issue #13 item 8: ipex-train-run forced CCL_ATL_TRANSPORT with -genv over
+    the user's own setting, silently."""
+    script = tmp_path / "train.py"
+    script.write_text("")
+    env = clean_env(**({"CCL_ATL_TRANSPORT": user} if user else {}))
+    args = ["--nproc-per-node", "1", "--dry-run"] + (["--transport", flag] if flag else [])
+    p = run([os.path.join(BIN, "ipex-train-run"), *args, str(script)], timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert f"export CCL_ATL_TRANSPORT={want}" in p.stdout
+    assert ("overrides CCL_ATL_TRANSPORT=ofi" in p.stderr) == note, p.stderr
+
+
+def test_bad_user_transport(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("")
+    p = run([os.path.join(BIN, "ipex-train-run"), "--nproc-per-node", "1", "--dry-run",
+             str(script)], timeout=60, env=clean_env(CCL_ATL_TRANSPORT="tcp"))
+    assert p.returncode == 2 and "CCL_ATL_TRANSPORT='tcp'" in p.stderr, p.stderr
