@@ -141,7 +141,7 @@ def test_bad_hostfile_contents(tmp_path, content, needle):
 
 
 @pytest.mark.parametrize("content,nnodes,needle", [
-    ("\x00garbage\n", 1, "not text"),
+    ("\x00garbage\n", 1, "is not a host name"),
     ("node0\n", 2, "lists 1 host(s) but --nnodes is 2"),
 ])
 def test_bad_hostfile_is_a_usage_error(tmp_path, content, nnodes, needle):
