@@ -19,6 +19,7 @@ import ctypes
 import datetime
 import os
 import sys
+import threading
 
 import torch.distributed as dist
 
@@ -31,16 +32,47 @@ BACKEND = "ccl"
 
 
 _ccl_created = False  # a ccl group was made in this process (oneCCL holds state)
+_setup_stuck = []     # set-up threads left inside oneCCL after their timeout
 
 
 def _create_ccl(store, rank, size, timeout):
-    """torch.distributed's creator hook: (store, rank, size, timedelta) -> Backend."""
+    """torch.distributed's creator hook: (store, rank, size, timedelta) -> Backend.
+
+    The set-up (oneCCL's key-value store and communicator) runs within the
+    group's timeout: oneCCL waits forever when a rank never comes or its
+    transport cannot connect (FI_TCP_IFACE naming the wrong interface was
+    seen to hang in create_communicator), so it runs on a thread of its own
+    (the binding releases the GIL) and the caller gets a DistBackendError at
+    the timeout; the stuck thread is left behind and the process later ends
+    without oneCCL's teardown (see _exit_without_teardown).
+    """
     global _ccl_created
     ensure_ccl_env()
-    check_hosts(store, rank, size, timeout)
-    pg = _load().ProcessGroupCCL(store, rank, size, timeout.total_seconds())
+    check_hosts(store, rank, size)
+    lib, secs = _load(), timeout.total_seconds()
+    box = {}
+
+    def make():
+        try:
+            box["pg"] = lib.ProcessGroupCCL(store, rank, size, secs)
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
     _ccl_created = True
-    return pg
+    th = threading.Thread(target=make, name=f"ccl-setup-rank{rank}", daemon=True)
+    th.start()
+    th.join(secs)
+    if th.is_alive():
+        _setup_stuck.append(th)
+        env = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in (
+            "CCL_ATL_TRANSPORT", "FI_TCP_IFACE", "CCL_KVS_IFACE", "UCX_NET_DEVICES"))
+        raise dist.DistBackendError(
+            f"ccl process group set-up (rank {rank} of {size}) did not finish within its "
+            f"timeout of {secs:g} s: did every rank start, and do the interfaces name the "
+            f"network between the hosts? ({env})")
+    if "error" in box:
+        raise box["error"]
+    return box["pg"]
 
 
 @atexit.register
@@ -68,8 +100,9 @@ def _exit_without_teardown():
             ctypes.pythonapi.Py_IncRef(ctypes.py_object(pg))
     except Exception:  # torch internals moved: still skip the C++ teardown
         pass
-    if mod.any_aborted():
-        print("ipex_train.distributed: a ccl process group was aborted; exiting without oneCCL "
+    if mod.any_aborted() or _setup_stuck:
+        what = "was aborted" if mod.any_aborted() else "set-up timed out"
+        print(f"ipex_train.distributed: a ccl process group {what}; exiting without oneCCL "
               "teardown", file=sys.stderr, flush=True)
     libc = ctypes.CDLL(None)
     libc.fflush(None)
