@@ -2,6 +2,7 @@
 ranks: "ccl" vs gloo, same run.
 
     python benchmarks/collectives.py [--transport ofi|mpi] [--max-mib 64]
+    python benchmarks/collectives.py --hosts 2 [--per-host 2]   # across hosts (root)
 
 Starts itself on 2 ranks with the environment's mpiexec (through
 ipex-train-run, so ranks get their cores), then each size from 4 KiB to 64 MiB
@@ -14,6 +15,13 @@ backend's direct reads between the ranks of one host), column "oneCCL ms".
 Bus bandwidth of all_gather: (n-1)/n * output bytes / t; broadcast: bytes / t.
 oneCCL's variables set in the environment are honoured (e.g.
 CCL_ALLREDUCE=direct for oneCCL's own default).
+
+--hosts 2 runs the ranks on two simulated hosts instead (tests/multihost:
+network namespaces joined by a veth link, started with ipex-train-run
+--nnodes 2 --hostfile; needs root and iproute2), --per-host ranks on each,
+so the bytes between the hosts cross the link (UCX held to TCP: it would
+use shared memory between namespaces of one kernel); the bytes that crossed
+are printed after the table.
 """
 import argparse
 import os
@@ -24,12 +32,41 @@ import time
 
 
 def launch(args):
+    if args.hosts > 1:
+        return launch_hosts(args)
     cmd = [sys.executable, "-m", "ipex_train.launch", "--nproc-per-node", "2",
            "--transport", args.transport, os.path.abspath(__file__), "--worker",
            "--max-mib", str(args.max_mib)]
     if args.oversubscribe:
         cmd.insert(5, "--oversubscribe")
     return subprocess.call(cmd, timeout=1800)
+
+
+def launch_hosts(args):
+    import tempfile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, root)
+    from tests.multihost import _hosts
+    why = _hosts.unavailable()
+    if why:
+        sys.exit(f"--hosts: simulated hosts unavailable here: {why}")
+    with tempfile.TemporaryDirectory() as tmp, _hosts.Cluster(args.hosts, tmp) as c:
+        env = {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               "PYTHONUNBUFFERED": "1", "UCX_TLS": "tcp,self"}
+        for k, v in os.environ.items():
+            if k.startswith(("CCL_", "FI_", "OMP_")):
+                env[k] = v
+        before = c.counters("node1")
+        cmd = ["ipex-train-run", "--nnodes", str(args.hosts), "--nproc-per-node",
+               str(args.per_host), "--hostfile", c.hostfile(), "--transport", args.transport]
+        if args.oversubscribe or args.per_host > 1:
+            cmd.append("--oversubscribe")
+        cmd += [os.path.abspath(__file__), "--worker", "--max-mib", str(args.max_mib)]
+        p = c.popen("node0", cmd, env=env, stdout=None, stderr=None)
+        rc = p.wait(timeout=3600)
+        rx, tx = (a - b for a, b in zip(c.counters("node1"), before))
+        print(f"# node1's link: {rx / 2**20:.0f} MiB in, {tx / 2**20:.0f} MiB out")
+        return rc
 
 
 def timeit(fns, nbytes, barrier):
@@ -97,9 +134,12 @@ def worker(args):
             dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
             factor = {"all_reduce": 2 * (n - 1) / n, "broadcast": 1.0}.get(op, (n - 1) / n)
             rows.append((op, nbytes, t[0].item(), t[1].item(), t[2].item(), factor))
+    import socket
+    hosts = [None] * n
+    dist.all_gather_object(hosts, socket.gethostname(), group=gloo)
     if rank == 0:
         transport = os.environ.get("CCL_ATL_TRANSPORT")
-        print(f"# 2 ranks, oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
+        print(f"# {n} ranks on {len(set(hosts))} host(s), oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
               f"CCL_ALLREDUCE={os.environ.get('CCL_ALLREDUCE', '(oneCCL default)')}, "
               f"ccl data-movement path: {path}")
@@ -118,6 +158,9 @@ def main():
     p.add_argument("--transport", choices=["ofi", "mpi"], default="mpi")
     p.add_argument("--max-mib", type=int, default=64)
     p.add_argument("--oversubscribe", action="store_true")
+    p.add_argument("--hosts", type=int, default=1,
+                   help="simulated hosts (network namespaces; root): 2 for the cross-host figures")
+    p.add_argument("--per-host", type=int, default=1, help="ranks per simulated host")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
