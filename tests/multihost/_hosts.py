@@ -74,7 +74,7 @@ def _ns_pids(netns):
 
 
 class Cluster:
-    def __init__(self, n, workdir, names=None, pid_ns_per_session=False):
+    def __init__(self, n, workdir, names=None, pid_ns_per_session=False, cpus=None):
         if n < 2:
             raise ValueError("a cluster has at least 2 hosts")
         self.workdir = str(workdir)
@@ -87,6 +87,7 @@ class Cluster:
         self.addrs = [".".join(map(str, net + [i + 1])) for i in range(n)]
         self.switch = None
         self.pid_ns_per_session = pid_ns_per_session
+        self.cpus = dict(cpus or {})  # host -> taskset list: that host's cores
         self._made = []
         self.bin = os.path.join(self.workdir, "bin")
         try:
@@ -133,7 +134,7 @@ class Cluster:
             lines += [f"{a}\t{h}" for a, h in zip(self.addrs, self.names)]
             with open(hosts, "w") as f:
                 f.write("\n".join(lines) + "\n")
-            spec["hosts"][name] = {"netns": ns, "hosts_file": hosts}
+            spec["hosts"][name] = {"netns": ns, "hosts_file": hosts, "cpus": self.cpus.get(name)}
         self.spec_file = os.path.join(self.workdir, "cluster.json")
         with open(self.spec_file, "w") as f:
             json.dump(spec, f, indent=1)

@@ -58,7 +58,9 @@ def main():
     # hosts otherwise share this kernel's, so the processes of one host,
     # started by separate sessions, see each other as on a real machine
     pid = ["--pid", "--mount-proc"] if cluster.get("pid_ns_per_session") else []
-    argv = ["ip", "netns", "exec", spec["netns"],
+    # a host with fewer cores: its sessions start on those only (as affinity)
+    cpus = ["taskset", "-c", spec["cpus"]] if spec.get("cpus") else []
+    argv = ["ip", "netns", "exec", spec["netns"], *cpus,
             "unshare", "--uts", "--mount", *pid, "--fork", "--kill-child",
             "--", "sh", "-c", inner, "sh", host, spec["hosts_file"], os.getcwd(), command]
     os.execvpe(argv[0], argv, env)

@@ -201,3 +201,32 @@ def test_wrong_interface_fails_within_the_timeout(cluster, tmp_path):
         assert f"did not finish within its timeout of {TIMEOUT_S} s" in p.stdout, p.stdout[-3000:]
         assert "FI_TCP_IFACE=lo" in p.stdout and "kept the user's FI_TCP_IFACE=lo" in p.stdout
     assert time.monotonic() - start < TIMEOUT_S + 80
+
+
+_REPORT = """import json, os, sys
+r = os.environ["PMI_RANK"]
+json.dump({"cores": sorted(os.sched_getaffinity(0)), "omp": os.environ.get("OMP_NUM_THREADS")},
+          open(os.path.join(sys.argv[1], "cores." + r), "w"))
+"""
+
+
+def test_cores_are_planned_on_each_host(tmp_path):
+    """Issue #13 item 9: the core plan was made on the launching host and
+    applied on every host. Here node1 has one core (node0 all of this
+    machine's): each rank's cores and OpenMP threads follow its own host."""
+    why = _hosts.unavailable()
+    if why:
+        pytest.skip(why)
+    have = sorted(os.sched_getaffinity(0))
+    if len(have) < 2:
+        pytest.skip("needs 2 cores")
+    script = tmp_path / "report.py"
+    script.write_text(_REPORT)
+    with _hosts.Cluster(2, tmp_path / "cluster", cpus={"node1": str(have[0])}) as c:
+        p = c.run("node0", ["ipex-train-run", "--nnodes", "2", "--nproc-per-node", "1",
+                            "--hostfile", c.hostfile(), str(script), str(tmp_path)],
+                  env=job_env(), timeout=120)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = [json.loads((tmp_path / f"cores.{r}").read_text()) for r in (0, 1)]
+    assert got[0] == {"cores": have, "omp": str(len(have))}, got
+    assert got[1] == {"cores": have[:1], "omp": "1"}, got
