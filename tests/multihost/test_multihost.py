@@ -100,3 +100,26 @@ def test_dlrm_two_hosts_equals_one_host(cluster, tmp_path):
     assert one["losses"] == two["losses"]
     assert one["evals"][-1]["auc"] == two["evals"][-1]["auc"]
 
+
+
+def test_master_addr_is_one_the_others_reach():
+    """Issue #13 item 6: rank 0 published gethostbyname(hostname), 127.0.1.1
+    on Debian-style hosts. Now it publishes its address on the network the
+    other hosts share (then the hostname's, then the first), never loopback."""
+    from ipex_train.launch._net import pick_master_addr
+    net = lambda *parts: ".".join(map(str, parts))  # noqa: E731
+    mine = [(net(172, 17, 0, 1), 16), (net(10, 9, 8, 1), 24)]
+    others = [[(net(10, 9, 8, 2), 24)], [(net(10, 9, 8, 3), 24), (net(172, 18, 0, 5), 16)]]
+    assert pick_master_addr(mine, others, "127.0.1.1") == net(10, 9, 8, 1)
+    assert pick_master_addr(mine, [[]], net(172, 17, 0, 1)) == net(172, 17, 0, 1)
+    assert pick_master_addr([], others) is None
+
+
+def test_loopback_master_addr_across_hosts_is_refused(monkeypatch):
+    from ipex_train.distributed._env import RankInfo, choose_interface
+    info = RankInfo("torchrun", 1, 4, 1, 2, "127.0.0.1", 29500)
+    with pytest.raises(RuntimeError, match="loopback address on host .* but the ranks span hosts"):
+        choose_interface(info)
+    info = RankInfo("torchrun", 1, 4, 1, 2, "no-such-host.invalid", 29500)
+    with pytest.raises(RuntimeError, match="does not resolve"):
+        choose_interface(info)
