@@ -169,9 +169,7 @@ def test_containers_sharing_a_hostname(tmp_path):
     oneCCL's set-up failed ("Unregister Barrier request!") and hung. Both
     ranks now fail at once, naming the cause."""
     need_ccl()
-    why = _hosts.unavailable()
-    if why:
-        pytest.skip(why)
+    _hosts.require()
     with _hosts.Cluster(2, tmp_path / "cluster", pid_ns_per_session=True) as c:
         port = free_port()
         jobs = [("node0", [sys.executable, WORKER, str(tmp_path), "sleep", str(TIMEOUT_S)],
@@ -214,9 +212,7 @@ def test_cores_are_planned_on_each_host(tmp_path):
     """Issue #13 item 9: the core plan was made on the launching host and
     applied on every host. Here node1 has one core (node0 all of this
     machine's): each rank's cores and OpenMP threads follow its own host."""
-    why = _hosts.unavailable()
-    if why:
-        pytest.skip(why)
+    _hosts.require()
     have = sorted(os.sched_getaffinity(0))
     if len(have) < 2:
         pytest.skip("needs 2 cores")

@@ -123,3 +123,14 @@ def test_loopback_master_addr_across_hosts_is_refused(monkeypatch):
     info = RankInfo("torchrun", 1, 4, 1, 2, "no-such-host.invalid", 29500)
     with pytest.raises(RuntimeError, match="does not resolve"):
         choose_interface(info)
+
+
+def test_no_namespaces_fail_in_ci_and_skip_elsewhere(monkeypatch):
+    from tests.multihost import _hosts
+    monkeypatch.setattr(_hosts, "unavailable", lambda: "needs root (network namespaces)")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="CI needs them.*needs root|needs root.*CI needs"):
+        _hosts.require()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs root"):
+        _hosts.require()
