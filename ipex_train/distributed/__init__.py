@@ -94,6 +94,10 @@ def _exit_without_teardown():
     mod = sys.modules.get("ipex_train._ccl")
     if mod is None or not _ccl_created:
         return
+    # before Python finalizes: the groups' threads stop dropping tensors
+    # (a last reference may need the GIL, fatal for a thread once Python
+    # finalizes: seen as SIGABRT at a normal exit, issue #13 item 13)
+    mod.prepare_exit()
     try:
         from torch.distributed import distributed_c10d as c10d
         for pg in list(getattr(c10d._world, "pg_map", {})):

@@ -59,6 +59,12 @@ PYBIND11_MODULE(_ccl, m) {
       .def_property_readonly("transfer_path", &ProcessGroupCCL::transfer_path,
                              "\"local\" (direct reads between this host's ranks) or "
                              "\"oneccl (why not local)\"");
+  m.def("prepare_exit", [] {
+        py::gil_scoped_release nogil;  // a release in progress may need the GIL
+        ipex_train::ccl_queue::prepare_exit();
+      },
+        "From now on the groups' threads leak finished ops instead of destroying "
+        "them (called at interpreter exit, before Python finalizes).");
   m.def("any_aborted", [] { return ipex_train::ccl_queue::any_aborted(); },
         "True once a ccl group of this process aborted (its worker may be stuck in oneCCL)");
   m.def("library_version", [] {

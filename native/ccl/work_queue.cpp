@@ -9,9 +9,31 @@ namespace {
 // running on a detached worker thread); see ipex_train/distributed/__init__.py.
 std::atomic<bool> g_any_aborted{false};
 
+// See prepare_exit(). Every drop of an op by the worker or the watchdog goes
+// through release(), under this lock, so prepare_exit() can wait for one in
+// progress.
+std::mutex g_release_m;
+std::atomic<bool> g_exiting{false};
+
+// Destroys `x` here, or leaks it once the process is exiting.
+template <class T>
+void release(T&& x) {
+  std::lock_guard<std::mutex> g(g_release_m);
+  if (g_exiting.load()) {
+    new std::decay_t<T>(std::move(x));
+    return;
+  }
+  std::decay_t<T> dead(std::move(x));
+}
+
 }  // namespace
 
 bool any_aborted() { return g_any_aborted.load(); }
+
+void prepare_exit() {
+  std::lock_guard<std::mutex> g(g_release_m);
+  g_exiting.store(true);
+}
 
 WorkQueue::WorkQueue(Hooks hooks) : hooks_(std::move(hooks)) {}
 
@@ -80,6 +102,9 @@ void WorkQueue::abort(const std::string& why) {
   if (cur) cur->finish(err);
   for (auto& j : p2p) j->finish(err);
   for (auto& t : q) t.job->finish(err);
+  release(std::move(q));
+  release(std::move(cur));
+  release(std::move(p2p));
 }
 
 std::exception_ptr WorkQueue::wrap(const std::string& name, const std::exception& e) const {
@@ -103,12 +128,14 @@ void WorkQueue::progress_p2p(bool block) {
         fin = true;
       }
       if (fin) {
-        auto j = f.job;
+        InFlight done;
         {
           std::lock_guard<std::mutex> g(m_);
+          done = std::move(inflight_[i]);
           inflight_.erase(inflight_.begin() + i);
         }
-        j->finish(err);
+        done.job->finish(err);
+        release(std::move(done));
         any = true;
       } else {
         ++i;
@@ -160,6 +187,7 @@ void WorkQueue::work_loop() {
         err = wrap(t.job->name(), e);
       }
       if (err) t.job->finish(err);
+      release(std::move(t));
       progress_p2p(false);
       continue;
     }
@@ -180,6 +208,7 @@ void WorkQueue::work_loop() {
       current_.reset();
     }
     t.job->finish(err);
+    release(std::move(t));
   }
 }
 
@@ -197,6 +226,7 @@ void WorkQueue::watch_loop() {
       g.unlock();
       abort(name + " did not finish within its timeout of " + std::to_string(tmo) +
             " ms (a peer rank may have died)");
+      release(std::move(late));
       g.lock();
     }
   }

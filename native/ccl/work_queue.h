@@ -63,6 +63,14 @@ struct Hooks {
 // True once a queue (a group) of this process aborted.
 bool any_aborted();
 
+// Called at interpreter exit (before Python finalizes): from then on the
+// queues' threads leak the ops they are done with instead of destroying them.
+// The last reference to a tensor may need the GIL, and a thread that asks for
+// it while Python finalizes is ended with pthread_exit, whose unwinding through
+// a destructor calls std::terminate ("terminate called without an active
+// exception", SIGABRT at a normal exit). Waits for a release in progress.
+void prepare_exit();
+
 class WorkQueue {
  public:
   explicit WorkQueue(Hooks hooks);
