@@ -108,9 +108,7 @@ def _exit_without_teardown():
         what = "was aborted" if mod.any_aborted() else "set-up timed out"
         print(f"ipex_train.distributed: a ccl process group {what}; exiting without oneCCL "
               "teardown", file=sys.stderr, flush=True)
-    libc = ctypes.CDLL(None)
-    libc.fflush(None)
-    if libc.on_exit(ctypes.cast(libc._exit, ctypes.c_void_p), None) != 0:
+    if not mod.end_without_teardown(bool(_setup_stuck)):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # the old way: status lost, teardown skipped

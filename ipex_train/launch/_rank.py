@@ -149,9 +149,15 @@ def supervise(argv, env):
             sock.setblocking(True)
             sock.settimeout(5)
             sock.sendall(f"exit {rank} {code}\n".encode())
-            sock.close()
+            # close only once the launcher closed its end: closing with its
+            # pings unread would send a reset, and a reset can discard the
+            # exit line before the launcher reads it
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(4096):
+                pass
         except OSError:
             pass
+        sock.close()
     return code
 
 
