@@ -9,8 +9,9 @@ GRACE_S later) when:
 
 - a rank exits with a non-zero status or is killed: the launcher returns
   that status (128 + N for signal N), within seconds, whatever the others do;
-- a wrapper vanishes without its exit message, or is not heard from for the
-  contact timeout (its host or the link to it is gone);
+- a wrapper is not heard from for the contact timeout (its host or the link
+  to it is gone); one whose connection ends without an exit status is left
+  to the MPI launcher, which sees how its process ended;
 - the launcher gets SIGTERM, SIGHUP or SIGINT: returns 128 + the signal,
   once the MPI launcher is gone;
 - every rank has exited 0 but the MPI launcher lingers past GRACE_S.
@@ -67,6 +68,7 @@ class _Rank:
         self.conn, self.buf = conn, b""
         self.rank = self.host = None
         self.code = None
+        self.gone = False  # connection closed
         self.heard = time.monotonic()
 
 
@@ -141,11 +143,10 @@ class Supervisor:
         if not data:
             sel.unregister(r.conn)
             r.conn.close()
-            if r.code is None and r.rank is not None:
-                r.code = 1
-                if self.ending is None:
-                    self._end(f"rank {r.rank} on host {r.host}: its wrapper vanished without "
-                              "an exit status", 1)
+            # the connection ended without an exit status (seen rarely at a
+            # normal end): the MPI launcher still reports how that rank's
+            # process ended, and a host that went silent hits the contact timeout
+            r.gone = True
             if r.rank is None:
                 self.ranks.remove(r)
 
@@ -197,7 +198,7 @@ class Supervisor:
                 if rc is not None:
                     # the MPI launcher is gone: give the wrappers' last words a moment
                     mpi_gone = mpi_gone or now
-                    waiting = any(r.code is None for r in self.ranks)
+                    waiting = any(r.code is None and not r.gone for r in self.ranks)
                     if not waiting or self.ending is not None or now - mpi_gone > 5:
                         break
                     continue
