@@ -6,7 +6,8 @@ from torch import nn
 
 from . import bf16_split
 from . import optim as _optim
-from .optim._fused import TRAIL, FusedOptimizer
+from .bf16_split import TRAIL
+from .optim._base import FusedOptimizer
 
 # torch.optim classes we convert, by exact type (a user subclass may change
 # step(), which we could not reproduce), to the name of our class.

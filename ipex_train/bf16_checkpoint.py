@@ -15,7 +15,7 @@ the top halves of its fp32 master weights; its optimizer holds the low halves
 import torch
 
 from . import bf16_split
-from .optim._fused import TRAIL
+from .bf16_split import TRAIL
 from .sparse.embedding import tables_as_fp32
 
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import ipex_train
-from ipex_train.optim._fused import FusedOptimizer
+from ipex_train.optim._base import FusedOptimizer
 from tests.bf16.bf16_helpers import OPTIMIZERS, make_optimizer, optimizer_cases
 
 

@@ -178,12 +178,22 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
   });
 }
 
-// The checks every *_step_ op starts with, and nothing else: an optimizer
-// step that needs several multi-tensor calls (several param groups, or fp32
-// and split params in one group) runs this for each call first, so a bad
-// param in a later call raises before an earlier call writes.
-void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorList trails) {
-  check_params("ipex_train.check_dense_params", params, grads, trails);
+// The checks of a *_step_ op, and nothing else: an optimizer step that needs
+// several native calls (several param groups, fp32 and split params in one
+// group, row updates besides) runs this for each call first, so a bad tensor
+// in a later call raises before an earlier call writes. `states` holds k
+// state lists one after the other (k * params.size() tensors: fp32, each
+// param's shape); `steps` is empty or one float32 scalar per param.
+void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorList trails,
+                        at::TensorList states, at::TensorList steps) {
+  const char* op = "ipex_train.check_dense_params";
+  check_params(op, params, grads, trails);
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(n == 0 ? states.empty() : states.size() % n == 0, op, ": got ",
+                    states.size(), " state tensors for ", n, " params");
+  for (size_t k = 0; n && k < states.size() / n; ++k)
+    check_state(op, "state", states.slice(k * n, n), params);
+  if (!steps.empty()) check_steps(op, steps, params);
 }
 
 }  // namespace
@@ -191,7 +201,9 @@ void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorL
 }  // namespace ipex_train
 
 TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
-  m.def("check_dense_params(Tensor[] params, Tensor[] grads, Tensor[] trails) -> ()");
+  m.def(
+      "check_dense_params(Tensor[] params, Tensor[] grads, Tensor[] trails, Tensor[] states, "
+      "Tensor[] steps) -> ()");
   m.def(
       "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor(c!)[] trails, float lr, float weight_decay, float momentum, float dampening, "

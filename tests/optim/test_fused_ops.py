@@ -174,9 +174,18 @@ def test_step_hooks_and_profiler_range_still_run():
 
 def test_check_dense_params_opcheck_and_errors():
     P, G, _, _ = _inputs(5, shapes=[(4,), (2, 3)], nstate=0)
-    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, []))
+    S = [torch.zeros(p.shape) for p in P] * 2
+    steps = [torch.tensor(0.0) for _ in P]
+    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, [], [], []))
+    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, [], S, steps))
     with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
-        torch.ops.ipex_train.check_dense_params(P, [G[0], torch.zeros(5)], [])
+        torch.ops.ipex_train.check_dense_params(P, [G[0], torch.zeros(5)], [], [], [])
+    with pytest.raises(ValueError, match=r"state\[1\] has shape"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], S[:3] + [torch.zeros(5)], [])
+    with pytest.raises(TypeError, match=r"state_steps\[0\] must be float32"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], [], [torch.tensor(0.0).double()] * 2)
+    with pytest.raises(ValueError, match="3 state tensors for 2 params"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], S[:3], [])
 
 
 _MULTI_CALL_OPTIMIZERS = {
