@@ -95,6 +95,11 @@ def _sparse_row_update_fake(params, grads, trails, state1, state2, rule, lr, eps
     return None
 
 
+# Its grads may be sparse COO: meta ones dispatch to SparseMeta (shapes only, as the fake).
+_SPARSE_META = torch.library.Library("ipex_train", "IMPL")
+_SPARSE_META.impl("sparse_row_update_", _sparse_row_update_fake, "SparseMeta")
+
+
 @_fake("embedding_bags_forward")
 def _embedding_bags_forward_fake(weights, indices, offsets, per_sample_weights, padding_idx,
                                  include_last_offset, mean):
