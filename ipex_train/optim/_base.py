@@ -16,7 +16,8 @@ import re
 import torch
 import torch.optim.optimizer as _optimizer
 
-from ..bf16_split import TRAIL
+from ..bf16_checkpoint import record_trail_holder
+from ..bf16_split import TRAIL, TRAIL_DTYPE
 from ..sparse.functional import row_update_
 from ._state_dict import SplitStateDict
 
@@ -54,16 +55,21 @@ def init_step_and_zeros(p, state, key):
     tensor, every other key fp32 zeros of the param's shape."""
     if key == "step":
         return torch.tensor(0.0, dtype=torch.float32)
-    return torch.zeros(p.shape, dtype=torch.float32)
+    return torch.zeros_like(p, dtype=torch.float32)  # the param's memory layout
 
 
-def _check_param(p, who):
+_PARAM_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _check_param(p, who, where):
     if p.device.type != "cpu":
-        raise ValueError(f"{who}: parameters must be on the CPU, got one on {p.device}")
-    if not p.is_floating_point():
-        raise TypeError(f"{who}: parameters must be floating point, got {p.dtype}")
+        raise ValueError(f"{who}: {where}: parameters must be on the CPU, got one on {p.device}")
+    if p.dtype not in _PARAM_DTYPES:
+        raise TypeError(f"{who}: {where} is {p.dtype}: parameters must be floating point, "
+                        "float32 or bfloat16 (convert the model with .float(), or to split "
+                        "bf16 with ipex_train.optimize)")
     if p.layout != torch.strided:
-        raise ValueError(f"{who}: parameters must be dense tensors, got layout {p.layout}")
+        raise ValueError(f"{who}: {where}: parameters must be dense tensors, got layout {p.layout}")
 
 
 def group_index(opt, group):
@@ -77,7 +83,26 @@ def where(opt, group, p):
     return f"param group {group_index(opt, group)}, param {pi} (shape {tuple(p.shape)})"
 
 
-_LIST_INDEX = re.compile(r"\b(params|grads|trails|state1|state2)\[(\d+)\]")
+_LIST_REF = re.compile(r"\b([a-z_0-9]+)\[(\d+)\]")
+# The native ops' list names, as the user knows them.
+_READABLE = {"params": "the parameter", "grads": "its grad", "trails": f"its {TRAIL!r}",
+             "state_steps": "state 'step'", "exp_avgs": "state 'exp_avg'",
+             "exp_avg_sqs": "state 'exp_avg_sq'", "max_exp_avg_sqs": "state 'max_exp_avg_sq'",
+             "state_sums": "state 'sum'", "momentum_buffers": "state 'momentum_buffer'"}
+
+
+def _native_error(opt, e, group_of, param_of, rename=_READABLE):
+    """The native op's error `e`, naming the optimizer, param group, param and
+    state key; group_of(i) / param_of(i) map the op's list index i."""
+    msg = str(e)
+    if msg.startswith("ipex_train."):
+        msg = msg.split(": ", 1)[-1]
+    m = _LIST_REF.search(msg)
+    if not m:
+        return type(e)(f"{type(opt).__name__}: {msg}")
+    i = int(m.group(2))
+    msg = _LIST_REF.sub(lambda x: rename.get(x.group(1), f"state {x.group(1)!r}"), msg)
+    return type(e)(f"{type(opt).__name__}: {where(opt, group_of(i), param_of(i))}: {msg}")
 
 
 class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
@@ -89,19 +114,26 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
     _row_state = ()        # its state keys, in the native op's order (state1, state2)
     _rows_only = False     # every param is updated row by row (dense grads too)
 
-    def __init__(self, params, defaults):
-        for key in ("foreach", "fused", "capturable", "differentiable"):
-            defaults.pop(key, None)
-        super().__init__(params, defaults)
+    _created = ()
 
     def add_param_group(self, param_group):
+        """torch's add_param_group, refusing params we cannot update. A bf16
+        param without a trail (e.g. one ``optimize`` rounded because it was
+        frozen) gets a zero trail: its fp32 master is its bf16 value, exactly."""
         super().add_param_group(param_group)
+        gi = len(self.param_groups) - 1
         try:
-            for p in self.param_groups[-1]["params"]:
-                _check_param(p, type(self).__name__)
+            for pi, p in enumerate(self.param_groups[-1]["params"]):
+                _check_param(p, type(self).__name__, f"param group {gi}, param {pi}")
         except Exception:
             self.param_groups.pop()  # a refused group leaves the optimizer as it was
             raise
+        for p in self.param_groups[-1]["params"]:
+            if p.dtype == torch.bfloat16:
+                st = self.state[p]
+                if st.get(TRAIL) is None:
+                    st[TRAIL] = torch.zeros_like(p, dtype=TRAIL_DTYPE)
+                record_trail_holder(self, p)
 
     # --- planning ------------------------------------------------------------
 
@@ -122,7 +154,7 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
                 raise RuntimeError(f"{type(self).__name__} does not support gradients of "
                                    f"layout {g.layout}")
             params.append(p)
-            grads.append(g if g.is_contiguous() else self._dense_grad(p, g))
+            grads.append(g if g.stride() == p.stride() else self._dense_grad(p, g))
         get = self.state.get
         trails = [(get(p) or _EMPTY).get(TRAIL) for p in params]
         if all(t is None for t in trails):
@@ -130,11 +162,20 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
         return params, grads, trails
 
     def _dense_grad(self, p, g):
-        """A contiguous copy of a strided grad (read only, so a copy is safe)."""
+        """A copy of a grad laid out unlike its param, in the param's layout
+        (the kernels need one layout; the grad is only read, so a copy is safe)."""
         if g.shape != p.shape:
             raise ValueError(f"{type(self).__name__}: grad of shape {tuple(g.shape)} for a param "
                              f"of shape {tuple(p.shape)}")
-        return g.contiguous()
+        return torch.empty_like(p, dtype=g.dtype).copy_(g)  # empty_like keeps dense strides
+
+    def _state_of(self, p):
+        """self.state[p], created (and recorded, see _step) where missing."""
+        s = self.state.get(p)
+        if s is None:
+            s = self.state[p] = {}
+            self._created.append((p, None))
+        return s
 
     def _check_row_policy(self, group, p, grad):
         """What this optimizer refuses of a row-updated param regardless of its
@@ -150,7 +191,9 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
         st = self.state
         out = tuple([] for _ in keys)
         for p in params:
-            s = st[p]
+            s = st.get(p)
+            if s is None:
+                s = self._state_of(p)
             for k, lst in zip(keys, out):
                 v = s.get(k)
                 if v is None:
@@ -207,21 +250,21 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
             for call in calls:
                 self._run_group(*call, check_only=False)
         except BaseException:
-            for p, k in self._created:  # a refused step leaves the state as it was
-                self.state[p].pop(k, None)
-                if not self.state[p]:
-                    del self.state[p]
+            for p, k in reversed(self._created):  # a refused step leaves the state as it was
+                if k is None:
+                    self.state.pop(p, None)
+                else:
+                    self.state[p].pop(k, None)
             raise
         finally:
-            self._created = []
+            self._created = ()
         return loss
 
     def _run_group(self, group, params, grads, trails, check_only):
         try:
             self._step_group(group, params, grads, trails, check_only)
         except (ValueError, TypeError, IndexError) as e:
-            raise type(e)(f"{type(self).__name__}: param group {group_index(self, group)}: "
-                          f"{e}") from None
+            raise _native_error(self, e, lambda i: group, lambda i: params[i]) from None
 
     def _step_group(self, group, params, grads, trails, check_only):
         raise NotImplementedError
@@ -229,10 +272,10 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
     def _step_rows(self, rows):
         """One native row-update call for every (group, param) of `rows`."""
         state = self.state
-        rows.sort(key=lambda gp: TRAIL not in state[gp[1]])  # split params first (stable)
+        rows.sort(key=lambda gp: TRAIL not in state.get(gp[1], _EMPTY))  # split first (stable)
         cols = [[] for _ in range(8)]
         for group, p in rows:
-            for c, v in zip(cols, self._row_args(group, p, state[p])):
+            for c, v in zip(cols, self._row_args(group, p, self._state_of(p))):
                 c.append(v)
         trails = [state[p][TRAIL] for _, p in rows if TRAIL in state[p]]
         s1 = cols[0] if len(self._row_state) > 0 else []
@@ -247,15 +290,9 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
 
     def _row_error(self, rows, e):
         """The native op's error, naming the optimizer, group, param and state key."""
-        msg = str(e).split(": ", 1)[-1] if str(e).startswith("ipex_train.") else str(e)
-        m = _LIST_INDEX.search(msg)
-        if not m:
-            return type(e)(f"{type(self).__name__}: {msg}")
-        group, p = rows[int(m.group(2))]
-        names = {"params": "the parameter", "grads": "grad", "trails": f"its {TRAIL!r}"}
-        names.update({f"state{j + 1}": f"state {k!r}" for j, k in enumerate(self._row_state)})
-        msg = _LIST_INDEX.sub(lambda x: names[x.group(1)], msg)
-        return type(e)(f"{type(self).__name__}: {where(self, group, p)}: {msg}")
+        rename = dict(_READABLE)
+        rename.update({f"state{j + 1}": f"state {k!r}" for j, k in enumerate(self._row_state)})
+        return _native_error(self, e, lambda i: rows[i][0], lambda i: rows[i][1], rename)
 
     def _row_args(self, group, p, state):
         """(state1, state2, lr, eps, beta1, beta2, step_size, maximize) of the
@@ -275,8 +312,17 @@ class FusedOptimizer(SplitStateDict, torch.optim.Optimizer):
 _hooked_step = torch.optim.Optimizer.profile_hook_step(FusedOptimizer._step)
 
 
-def check_dense(params, grads, trails, states=(), steps=()):
-    """Checks what a dense multi-tensor step op would check (state lists
-    aligned with params; float32 scalar step tensors), writing nothing."""
-    torch.ops.ipex_train.check_dense_params(params, grads, trails,
-                                            [t for lst in states for t in lst], list(steps))
+def check_dense(params, grads, trails, states=None, steps=()):
+    """Checks what a dense multi-tensor step op would check, writing nothing:
+    `states` {key: list aligned with params} (fp32, laid out as the params),
+    `steps` float32 scalar tensors."""
+    states = states or {}
+    try:
+        torch.ops.ipex_train.check_dense_params(params, grads, trails,
+                                                [t for lst in states.values() for t in lst],
+                                                list(steps))
+    except (ValueError, TypeError) as e:  # state[j] -> its key, params[j % n]
+        n, keys = max(len(params), 1), list(states)
+        raise type(e)(re.sub(r"\bstate\[(\d+)\]",
+                             lambda m: f"{keys[int(m.group(1)) // n]}[{int(m.group(1)) % n}]",
+                             str(e))) from None

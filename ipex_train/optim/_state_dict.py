@@ -11,6 +11,7 @@ first post-hook unwraps it.
 """
 import torch
 
+from ..bf16_checkpoint import record_trail_holder
 from ..bf16_split import TRAIL, TRAIL_DTYPE
 
 
@@ -28,7 +29,7 @@ class SplitStateDict:
         """torch's load_state_dict, except that float state stays fp32 and the
         split-bf16 ``"trail"`` stays int16 (see the module note). Raises
         ValueError before changing anything if a bf16 param's trail is missing
-        or malformed."""
+        or malformed, or a state tensor's shape does not fit its param."""
         pre = self.register_load_state_dict_pre_hook(SplitStateDict._check_and_wrap_state)
         post = self.register_load_state_dict_post_hook(SplitStateDict._unwrap_state, prepend=True)
         try:
@@ -44,8 +45,18 @@ class SplitStateDict:
         ours = [p for g in self.param_groups for p in g["params"]]
         if len(saved) != len(ours):
             return None  # torch raises its own clear error on the group sizes
+        where = [(gi, pi) for gi, g in enumerate(self.param_groups)
+                 for pi in range(len(g["params"]))]
         for idx, (pid, p) in enumerate(zip(saved, ours)):
             st = state_dict["state"].get(pid) or {}
+            for key, v in st.items():
+                want = self._state_shape(p, key)
+                if isinstance(v, torch.Tensor) and want is not None and v.shape != want:
+                    gi, pi = where[idx]
+                    raise ValueError(
+                        f"{who}.load_state_dict: param group {gi}, param {pi} (shape "
+                        f"{tuple(p.shape)}): state {key!r} has shape {tuple(v.shape)}, expected "
+                        f"{tuple(want)} (saved from a different model?)")
             trail = st.get(TRAIL)
             if p.dtype == torch.bfloat16:
                 if trail is None:
@@ -73,9 +84,15 @@ class SplitStateDict:
         out["state"] = new_state
         return out
 
+    def _state_shape(self, p, key):
+        """The shape state `key` of param `p` must have (None: any): the
+        param's for every state tensor but the scalar 'step'."""
+        return None if key == "step" else p.shape
+
     def _unwrap_state(self):
-        """Post-hook: float state -> fp32 (contiguous), trail -> int16, 'step' as saved."""
-        for st in self.state.values():
+        """Post-hook: float state -> fp32, trail -> int16, both in their
+        param's memory layout; 'step' as saved."""
+        for p, st in self.state.items():
             if not isinstance(st, dict):
                 continue
             for k, v in list(st.items()):
@@ -84,4 +101,9 @@ class SplitStateDict:
                 t = v.tensor.to(device="cpu")
                 if k != "step" and k != TRAIL and t.is_floating_point():
                     t = t.to(torch.float32)
-                st[k] = t.contiguous()
+                if t.shape == p.shape:  # empty_like keeps a dense param's strides
+                    st[k] = torch.empty_like(p, dtype=t.dtype).copy_(t)
+                else:
+                    st[k] = t.contiguous()
+            if st.get(TRAIL) is not None:
+                record_trail_holder(self, p)

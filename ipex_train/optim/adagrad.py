@@ -42,13 +42,13 @@ class Adagrad(FusedOptimizer):
         if key == "step":
             return torch.tensor(0.0, dtype=torch.float32)
         init = 0.0 if group is None else float(group["initial_accumulator_value"])
-        return torch.full(p.shape, init, dtype=torch.float32)
+        return torch.full_like(p, init, dtype=torch.float32)
 
     def _step_group(self, group, params, grads, trails, check_only):
         steps, sums = self._state_lists(
             params, ("step", "sum"), lambda p, s, k: self._init_state(p, s, k, group))
         if check_only:
-            return check_dense(params, grads, trails, [sums], steps)
+            return check_dense(params, grads, trails, {"sum": sums}, steps)
         torch.ops.ipex_train.adagrad_step_(
             params, grads, sums, steps, trails, float_of(group["lr"]), float(group["lr_decay"]),
             float(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]))

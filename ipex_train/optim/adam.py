@@ -45,7 +45,7 @@ class Adam(FusedOptimizer):
         keys = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         lists = self._state_lists(params, keys, init_step_and_zeros)
         if check_only:
-            return check_dense(params, grads, trails, lists[1:], lists[0])
+            return check_dense(params, grads, trails, dict(zip(keys[1:], lists[1:])), lists[0])
         beta1, beta2 = group["betas"]
         torch.ops.ipex_train.adam_step_(
             params, grads, lists[1], lists[2], lists[3] if amsgrad else [], lists[0], trails,

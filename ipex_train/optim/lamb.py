@@ -39,7 +39,7 @@ class Lamb(FusedOptimizer):
         steps, ms, vs = self._state_lists(params, ("step", "exp_avg", "exp_avg_sq"),
                                           init_step_and_zeros)
         if check_only:
-            return check_dense(params, grads, trails, [ms, vs], steps)
+            return check_dense(params, grads, trails, {"exp_avg": ms, "exp_avg_sq": vs}, steps)
         beta1, beta2 = group["betas"]
         mtr = group["max_trust_ratio"]
         torch.ops.ipex_train.lamb_step_(

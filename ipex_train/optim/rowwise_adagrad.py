@@ -38,6 +38,9 @@ class RowWiseAdagrad(RowUpdateOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, maximize=maximize,
                                       initial_accumulator_value=initial_accumulator_value))
 
+    def _state_shape(self, p, key):
+        return p.shape[:1] if key == "sum" else super()._state_shape(p, key)
+
     def _row_args(self, group, p, state):
         acc = state.get("sum")
         if acc is None:

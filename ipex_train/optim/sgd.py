@@ -1,7 +1,7 @@
 """Fused SGD, a drop-in for torch.optim.SGD."""
 import torch
 
-from ._base import FusedOptimizer, check_dense, float_of
+from ._base import _EMPTY, FusedOptimizer, check_dense, float_of
 
 
 class SGD(FusedOptimizer):
@@ -35,13 +35,14 @@ class SGD(FusedOptimizer):
     def _step_group(self, group, params, grads, trails, check_only):
         momentum = float(group["momentum"])
         st = self.state
-        bufs = [] if momentum == 0.0 else [st[p].get("momentum_buffer") for p in params]
+        bufs = [] if momentum == 0.0 else [st.get(p, _EMPTY).get("momentum_buffer") for p in params]
         have = [i for i, b in enumerate(bufs) if b is not None]
         if check_only or len(have) != len(bufs):  # buffers to check, or two calls below
             check_dense(params, grads, trails)
             if have:
                 check_dense([params[i] for i in have], [grads[i] for i in have],
-                            [trails[i] for i in have] if trails else [], [[bufs[i] for i in have]])
+                            [trails[i] for i in have] if trails else [],
+                            {"momentum_buffer": [bufs[i] for i in have]})
             if check_only:
                 return
         hyper = (float_of(group["lr"]), float(group["weight_decay"]), momentum,
@@ -53,14 +54,14 @@ class SGD(FusedOptimizer):
         # they run as a separate call with first_step=True (all checked above).
         new = [i for i, b in enumerate(bufs) if b is None]
         for i in new:
-            bufs[i] = torch.empty(params[i].shape, dtype=torch.float32)
+            bufs[i] = torch.empty_like(params[i], dtype=torch.float32)
         for idx, first in ((have, False), (new, True)):
             if idx:
                 torch.ops.ipex_train.sgd_step_(
                     [params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
                     [trails[i] for i in idx] if trails else [], *hyper, first)
         for i in new:  # stored once written: a refused step adds no state
-            st[params[i]]["momentum_buffer"] = bufs[i]
+            self._state_of(params[i])["momentum_buffer"] = bufs[i]
 
     # Sparse grads (nn.Embedding(sparse=True)): as torch, no momentum or weight decay.
     _row_rule = "sgd"
