@@ -101,9 +101,10 @@ class SplitStateDict:
                 t = v.tensor.to(device="cpu")
                 if k != "step" and k != TRAIL and t.is_floating_point():
                     t = t.to(torch.float32)
-                if t.shape == p.shape:  # empty_like keeps a dense param's strides
-                    st[k] = torch.empty_like(p, dtype=t.dtype).copy_(t)
-                else:
-                    st[k] = t.contiguous()
+                if t.shape != p.shape:
+                    t = t.contiguous()
+                elif t.stride() != p.stride():  # into the param's layout (empty_like keeps it)
+                    t = torch.empty_like(p, dtype=t.dtype).copy_(t)
+                st[k] = t  # moved, not copied, where it fits already
             if st.get(TRAIL) is not None:
                 record_trail_holder(self, p)
