@@ -8,7 +8,7 @@ Submodules: ``ipex_train.optim`` (fused optimizers), ``ipex_train.sparse``
 process group; imported on demand, it registers the backend), and
 ``ipex_train.torchrec`` (TorchRec integration, imported on demand).
 """
-from . import ops  # noqa: F401  (loads the native library, registers fake kernels)
+from . import _ops  # noqa: F401  (loads the native library, registers fake kernels)
 from ._isa import available_isas, best_isa, force_isa, isa
 from . import optim
 from . import sparse  # sparse-add, sparse optimizer rules, fused embeddings

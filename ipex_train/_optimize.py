@@ -1,12 +1,15 @@
 """``ipex_train.optimize``: fused optimizers and split-bf16 weights for a model."""
 import inspect
+import warnings
 
 import torch
 from torch import nn
 
 from . import bf16_split
 from . import optim as _optim
-from .optim._fused import TRAIL, FusedOptimizer
+from .bf16_checkpoint import install_load_hooks, record_trail_holder
+from .bf16_split import TRAIL
+from .optim._base import FusedOptimizer
 
 # torch.optim classes we convert, by exact type (a user subclass may change
 # step(), which we could not reproduce), to the name of our class.
@@ -21,6 +24,9 @@ _TORCH_OPTIMIZERS = {
 _IMPL_KEYS = ("foreach", "fused", "capturable")
 
 _BATCHNORM = (nn.modules.batchnorm._BatchNorm,)
+# Normalization layers whose params stay fp32 with keep_batchnorm_fp32 (see optimize).
+_NORMS = _BATCHNORM + (nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                       nn.RMSNorm)
 
 
 def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=True):
@@ -43,11 +49,16 @@ def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=
             one of ``ipex_train.optim``'s, over parameters of `model`; or None.
         dtype: ``torch.float32`` keeps fp32 weights and only swaps in our fused
             optimizer; ``torch.bfloat16`` stores weights split (below).
-        keep_batchnorm_fp32: BatchNorm weights and biases stay fp32 (default).
-            torch's CPU batch_norm runs bf16 weights only with bf16 running
-            statistics, which would lose precision; an fp32 param costs the
-            same 4 bytes as a split one and our optimizers take mixed groups.
-            With False they are split too and their running stats become bf16.
+        keep_batchnorm_fp32: the weights and biases of normalization layers
+            (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm) stay fp32
+            (default). torch's CPU batch_norm runs bf16 weights only with bf16
+            running statistics, which would lose precision, and layer_norm /
+            group_norm refuse bf16 weights for an fp32 input (the residual
+            sum ``x + f(x)`` of a Transformer block under autocast is fp32);
+            with fp32 weights they take fp32 or bf16 input. An fp32 param
+            costs the same 4 bytes as a split one and our optimizers take
+            mixed groups. With False they are split too and BatchNorm running
+            stats become bf16.
 
     Returns ``(model, new_optimizer)``, or just the model when `optimizer` is None.
 
@@ -77,13 +88,16 @@ def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=
 
     Requirements of the bf16 model: run it under
     ``torch.autocast("cpu", dtype=torch.bfloat16)`` with fp32 inputs, or
-    without autocast with bf16 inputs. Norm layers (LayerNorm, GroupNorm, ...)
-    with bf16 weights need bf16 input: under autocast that holds when they
-    follow a linear/conv/embedding; one applied straight to an fp32 model
-    input needs ``x.bfloat16()``. Gradients arrive in bf16 and are applied in
-    fp32. Save with ``optimizer.state_dict()`` (holds the trails) plus
-    ``model.state_dict()``, or as fp32 with :func:`ipex_train.fp32_state_dict`;
-    load fp32 weights with :func:`ipex_train.load_fp32_state_dict`.
+    without autocast with bf16 inputs. Normalization layers keep fp32 weights
+    (``keep_batchnorm_fp32``) and so take fp32 or bf16 input, as in
+    Transformer blocks under autocast. Gradients arrive in bf16 and are applied in
+    fp32 (accumulated over micro-batches in bf16: see README). Save with
+    ``optimizer.state_dict()`` (holds the trails) plus ``model.state_dict()``,
+    or as fp32 with :func:`ipex_train.fp32_state_dict`. fp32 weights load
+    exactly with ``model.load_state_dict`` (a hook installed here splits them
+    and resets the trails) or :func:`ipex_train.load_fp32_state_dict`. Params
+    keep their memory format (e.g. channels_last). Build lr schedulers on the
+    returned optimizer (one built before is carried over, with a warning).
     Sparse gradients (``sparse=True`` embeddings) go to the native sparse
     kernels with SGD (no momentum/weight decay, as torch) and Adagrad, in fp32
     or split bf16 (exact, no coalesce); other optimizers raise before writing
@@ -107,7 +121,7 @@ def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=
     trails = _old_trails(optimizer)
     train_ids = set() if optimizer is None else {
         id(p) for g in optimizer.param_groups for p in g["params"]}
-    keep_fp32 = _batchnorm_param_ids(model) if keep_batchnorm_fp32 else set()
+    keep_fp32 = _norm_param_ids(model) if keep_batchnorm_fp32 else set()
     plan = _plan(model, dtype, trails, train_ids, keep_fp32)
     new = None
     if optimizer is not None:
@@ -115,10 +129,16 @@ def optimize(model, optimizer=None, dtype=torch.float32, *, keep_batchnorm_fp32=
     new_trails = _convert(plan, trails)
     if dtype == torch.bfloat16 and not keep_batchnorm_fp32:
         _batchnorm_stats_to_bf16(model)
+    if dtype == torch.bfloat16:
+        install_load_hooks(model)
     if optimizer is None:
         return model
     _move_state(optimizer, new, new_trails)
+    for p, st in new.state.items():
+        if TRAIL in st:
+            record_trail_holder(new, p)
     optimizer.register_step_pre_hook(_stale_optimizer_hook)
+    _carry_schedulers_over(optimizer, new)
     return model, new
 
 
@@ -192,8 +212,8 @@ def _old_trails(optimizer):
             if isinstance(st, dict) and st.get(TRAIL) is not None}
 
 
-def _batchnorm_param_ids(model):
-    return {id(p) for m in model.modules() if isinstance(m, _BATCHNORM)
+def _norm_param_ids(model):
+    return {id(p) for m in model.modules() if isinstance(m, _NORMS)
             for p in m.parameters(recurse=False)}
 
 
@@ -234,7 +254,7 @@ def _convert(plan, old_trails):
             new = top
         elif action == "zero_trail":
             new = p.detach().contiguous()
-            trails[id(p)] = torch.zeros(p.shape, dtype=bf16_split.TRAIL_DTYPE)
+            trails[id(p)] = torch.zeros_like(p, dtype=bf16_split.TRAIL_DTYPE)
         elif action == "join":
             new = bf16_split.join(p.detach(), old_trails[id(p)])
         elif action == "widen":
@@ -272,6 +292,20 @@ def _move_state(old, new, new_trails):
     groups = [dict(ng, params=list(sg["params"]))
               for ng, sg in zip(new.state_dict()["param_groups"], sd["param_groups"])]
     new.load_state_dict({"state": state, "param_groups": groups})
+
+
+def _carry_schedulers_over(old, new):
+    """An lr scheduler built on `old` before optimize() keeps working: the old
+    optimizer's param groups become the new one's (the same dicts), so what a
+    scheduler writes there (lr, initial_lr, ...) reaches the new optimizer."""
+    if not hasattr(old.step, "_wrapped_by_lr_sched"):
+        return
+    warnings.warn(
+        "optimize: a learning-rate scheduler was built on this optimizer before "
+        "ipex_train.optimize; it now drives the returned optimizer's param groups, but build "
+        "schedulers on the optimizer that optimize returns", UserWarning, stacklevel=3)
+    old.param_groups = new.param_groups
+    old._opt_called = True  # the scheduler's order check watches the old optimizer's step
 
 
 def _stale_optimizer_hook(optimizer, args, kwargs):

@@ -7,23 +7,71 @@ the top halves of its fp32 master weights; its optimizer holds the low halves
 * exact resume in the same setup: save ``model.state_dict()`` (bf16 tops) and
   ``optimizer.state_dict()`` (trails and fp32 state); load both back. The
   optimizer's ``load_state_dict`` keeps fp32 state fp32 and trails int16.
-* portable fp32 weights: ``fp32_state_dict(model, optimizer)`` joins the two
-  halves into the exact fp32 master weights (load into any fp32 model);
-  ``load_fp32_state_dict(model, optimizer, sd)`` splits fp32 weights back
-  into an optimized bf16 model, exactly.
+* portable fp32 weights: ``fp32_state_dict(model)`` joins the two halves
+  into the exact fp32 master weights (load into any fp32 model); fp32 weights
+  load back exactly with the ordinary ``model.load_state_dict(sd)`` (a load
+  hook installed by ``optimize`` splits them and resets the trails) or with
+  ``load_fp32_state_dict(model, optimizer, sd)``.
+
+Which optimizer holds a param's trail is recorded when the trail is made
+(``optimize``, ``add_param_group``, ``load_state_dict``), so the functions
+here find it without being given the optimizer.
 """
+import weakref
+
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from . import bf16_split
-from .optim._fused import TRAIL
+from .bf16_split import TRAIL
 from .sparse.embedding import tables_as_fp32
 
+_HOLDER = WeakIdKeyDictionary()  # split param -> weakref to the optimizer holding its trail
 
-def _trail(optimizer, p):
-    if optimizer is None or p not in optimizer.state:
+
+def record_trail_holder(optimizer, p):
+    """Notes that `optimizer`'s state holds the trail of split param `p`."""
+    _HOLDER[p] = weakref.ref(optimizer)
+
+
+def trail_of(p, optimizer=None):
+    """The int16 trail of split param `p`: from `optimizer`'s state if given,
+    else from the optimizer last recorded for it; None if there is none."""
+    if optimizer is None:
+        ref = _HOLDER.get(p)
+        optimizer = ref() if ref is not None else None
+    if optimizer is None:
         return None
-    st = optimizer.state[p]
+    st = optimizer.state.get(p)
     return st.get(TRAIL) if isinstance(st, dict) else None
+
+
+def _split_fp32_on_load(module, state_dict, prefix, *_):
+    """Module load pre-hook: a float32 value for a split bf16 param becomes its
+    exact master weight (bf16 top loaded by torch, trail reset here). bf16
+    values load as they are (with the optimizer's trails: exact resume)."""
+    for name, p in module._parameters.items():
+        if p is None or p.dtype != torch.bfloat16:
+            continue
+        v = state_dict.get(prefix + name)
+        if not isinstance(v, torch.Tensor) or not v.is_floating_point() \
+                or v.dtype == torch.bfloat16 or v.shape != p.shape:
+            continue  # torch loads it (or reports the mismatch) as usual
+        trail = trail_of(p)
+        if trail is None:
+            continue  # not split: torch rounds to bf16
+        top, low = bf16_split.split(v.detach().to(device="cpu", dtype=torch.float32))
+        state_dict[prefix + name] = top
+        with torch.no_grad():
+            trail.copy_(low)
+
+
+def install_load_hooks(model):
+    """Makes ``model.load_state_dict`` load fp32 weights into split params exactly."""
+    for m in model.modules():
+        if m._parameters and not getattr(m, "_ipex_train_split_hook", False):
+            m.register_load_state_dict_pre_hook(_split_fp32_on_load)
+            m._ipex_train_split_hook = True
 
 
 def _check_optimizer(model, optimizer, who):
@@ -37,8 +85,8 @@ def _check_optimizer(model, optimizer, who):
 def fp32_state_dict(model, optimizer=None):
     """``model.state_dict()`` with every bf16 parameter as fp32.
 
-    A split parameter (bf16 top with a trail in `optimizer`'s state) becomes
-    its exact fp32 master weight; a bf16 parameter without a trail becomes
+    A split parameter (bf16 top with a trail in the optimizer's state; the
+    optimizer is found if not given) becomes its exact fp32 master weight; a bf16 parameter without a trail becomes
     its bf16 value widened to fp32 (exact). Buffers and other parameters are
     as ``state_dict`` gives them. The tensors are new, not views of the model.
     """
@@ -49,7 +97,7 @@ def fp32_state_dict(model, optimizer=None):
     out = type(sd)()
     for k, v in sd.items():
         if isinstance(v, torch.Tensor) and id(v) in params and v.dtype == torch.bfloat16:
-            t = _trail(optimizer, v)
+            t = trail_of(v, optimizer)
             out[k] = bf16_split.join(v, t) if t is not None else v.detach().to(torch.float32)
         else:
             out[k] = v.detach() if isinstance(v, torch.Tensor) else v
@@ -95,7 +143,7 @@ def load_fp32_state_dict(model, optimizer, state_dict, strict=True):
                              f"has {tuple(target.shape)}")
         if id(target) in params and target.dtype == torch.bfloat16 and not v.is_floating_point():
             raise TypeError(f"{who}: {k!r} must be floating point, got {v.dtype}")
-        t = _trail(optimizer, target) if id(target) in params else None
+        t = trail_of(target, optimizer) if id(target) in params else None
         if t is not None:
             split_tops[k] = (target, t, v.detach().to(torch.float32))
     sd = dict(state_dict)

@@ -28,6 +28,7 @@ import sys
 
 import torch
 
+TRAIL = "trail"  # the optimizer-state key (and table buffer name) of the low halves
 TRAIL_DTYPE = torch.int16
 
 if sys.byteorder != "little":  # pragma: no cover - x86/ARM are little-endian
@@ -35,25 +36,30 @@ if sys.byteorder != "little":  # pragma: no cover - x86/ARM are little-endian
 
 
 def split(w: torch.Tensor):
-    """Splits an fp32 tensor into (top: bfloat16, trail: int16), both contiguous, same shape."""
+    """Splits an fp32 tensor into (top: bfloat16, trail: int16) of the same shape.
+
+    Both are new tensors with `w`'s memory layout (contiguous for a contiguous
+    `w`, channels_last for a channels_last one; elementwise ops keep dense strides).
+    """
     if w.dtype != torch.float32:
         raise TypeError(f"split expects a float32 tensor, got {w.dtype}")
-    halves = w.detach().contiguous().view(-1).view(torch.int16).view(-1, 2)
-    trail = halves[:, 0].clone().view(w.shape)
-    top = halves[:, 1].clone().view(torch.bfloat16).view(w.shape)
+    bits = w.detach().view(torch.int32)
+    top = (bits >> 16).to(torch.int16).view(torch.bfloat16)
+    trail = (bits & 0xFFFF).to(TRAIL_DTYPE)  # int32 -> int16 keeps the low 16 bits
     return top, trail
 
 
 def join(top: torch.Tensor, trail: torch.Tensor) -> torch.Tensor:
-    """The fp32 tensor whose bits are (top, trail): the inverse of :func:`split`."""
+    """The fp32 tensor whose bits are (top, trail): the inverse of :func:`split`.
+    A new tensor with `top`'s memory layout."""
     if top.dtype != torch.bfloat16:
         raise TypeError(f"join expects a bfloat16 top half, got {top.dtype}")
     if trail.dtype != TRAIL_DTYPE:
         raise TypeError(f"join expects an int16 trail, got {trail.dtype}")
     if top.shape != trail.shape:
         raise ValueError(f"join: top has shape {tuple(top.shape)} but trail has {tuple(trail.shape)}")
-    halves = torch.stack([trail.detach().reshape(-1), top.detach().reshape(-1).view(torch.int16)], 1)
-    return halves.view(torch.float32).view(top.shape)
+    hi = top.detach().view(torch.int16).to(torch.int32) << 16
+    return (hi | (trail.detach().to(torch.int32) & 0xFFFF)).view(torch.float32)
 
 
 def write_split_(top: torch.Tensor, trail: torch.Tensor, w: torch.Tensor) -> None:

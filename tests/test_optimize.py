@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import ipex_train
-from ipex_train.optim._fused import FusedOptimizer
+from ipex_train.optim._base import FusedOptimizer
 from tests.bf16.bf16_helpers import OPTIMIZERS, make_optimizer, optimizer_cases
 
 
@@ -55,7 +55,8 @@ def test_bf16_converts_every_param_in_place():
     assert out is model and isinstance(new, ipex_train.optim.SGD) and new is not opt
     for k, p in model.named_parameters():
         assert p is params[k], "parameters are the same objects"
-        want = torch.float32 if k.startswith("bn.") else torch.bfloat16  # keep_batchnorm_fp32
+        # keep_batchnorm_fp32: every normalization layer (BatchNorm, LayerNorm) stays fp32
+        want = torch.float32 if k.startswith(("bn.", "ln.")) else torch.bfloat16
         assert p.dtype == want, k
         assert ("trail" in new.state[p]) == (want == torch.bfloat16)
     assert model.head.weight is model.emb.weight

@@ -1,7 +1,7 @@
 """Functional forms of the model-side native ops."""
 import torch
 
-from .. import ops  # noqa: F401  (registers the fake kernels and autograd)
+from .. import _ops  # noqa: F401  (registers the fake kernels and autograd)
 
 
 def interaction(dense, emb):

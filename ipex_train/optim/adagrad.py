@@ -1,8 +1,7 @@
 """Fused Adagrad, a drop-in for torch.optim.Adagrad (dense gradients)."""
 import torch
 
-from ._fused import FusedOptimizer, check_hyper, float_of
-from ..sparse import optim_rules as _sparse
+from ._base import FusedOptimizer, check_dense, check_hyper, float_of
 
 
 class Adagrad(FusedOptimizer):
@@ -43,18 +42,35 @@ class Adagrad(FusedOptimizer):
         if key == "step":
             return torch.tensor(0.0, dtype=torch.float32)
         init = 0.0 if group is None else float(group["initial_accumulator_value"])
-        return torch.full(p.shape, init, dtype=torch.float32)
+        return torch.full_like(p, init, dtype=torch.float32)
 
-    def _step_group(self, group, params, grads, trails):
+    def _step_group(self, group, params, grads, trails, check_only):
         steps, sums = self._state_lists(
             params, ("step", "sum"), lambda p, s, k: self._init_state(p, s, k, group))
+        if check_only:
+            return check_dense(params, grads, trails, {"sum": sums}, steps)
         torch.ops.ipex_train.adagrad_step_(
             params, grads, sums, steps, trails, float_of(group["lr"]), float(group["lr_decay"]),
             float(group["weight_decay"]), float(group["eps"]), bool(group["maximize"]))
 
-    # Sparse grads (nn.Embedding(sparse=True)): torch's sparse Adagrad, touched rows only.
-    def _check_sparse(self, group, p, grad):
-        _sparse.check_adagrad(group, p, grad)
+    # Sparse grads (nn.Embedding(sparse=True)): torch's sparse Adagrad, touched
+    # rows only: step += 1; clr = lr / (1 + (step - 1) * lr_decay);
+    # sum += g^2, p -= clr * g / (sqrt(sum) + eps).
+    _row_rule = "adagrad"
+    _row_state = ("sum",)
 
-    def _step_sparse(self, group, p, grad, state):
-        _sparse.step_adagrad(group, p, grad, state)
+    def _check_row_policy(self, group, p, grad):
+        if group["weight_decay"] != 0:
+            raise RuntimeError("weight_decay option is not compatible with sparse gradients")
+
+    def _row_args(self, group, p, state):
+        for key in ("step", "sum"):
+            if key not in state:
+                self._new_state(p, state, key, self._init_state(p, state, key, group))
+        step = float(state["step"]) + 1
+        clr = float_of(group["lr"]) / (1 + (step - 1) * group["lr_decay"])
+        return (state["sum"], None, clr, float(group["eps"]), 0.0, 0.0, 0.0,
+                bool(group["maximize"]))
+
+    def _row_done(self, group, p, state):
+        state["step"] += 1

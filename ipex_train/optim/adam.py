@@ -1,7 +1,7 @@
 """Fused Adam and AdamW, drop-ins for torch.optim.Adam / torch.optim.AdamW."""
 import torch
 
-from ._fused import FusedOptimizer, check_hyper, float_of, init_step_and_zeros
+from ._base import FusedOptimizer, check_dense, check_hyper, float_of, init_step_and_zeros
 
 
 class Adam(FusedOptimizer):
@@ -40,10 +40,12 @@ class Adam(FusedOptimizer):
             group.setdefault("maximize", False)
             group.setdefault("decoupled_weight_decay", self._decoupled_default)
 
-    def _step_group(self, group, params, grads, trails):
+    def _step_group(self, group, params, grads, trails, check_only):
         amsgrad = bool(group["amsgrad"])
         keys = ("step", "exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if amsgrad else ())
         lists = self._state_lists(params, keys, init_step_and_zeros)
+        if check_only:
+            return check_dense(params, grads, trails, dict(zip(keys[1:], lists[1:])), lists[0])
         beta1, beta2 = group["betas"]
         torch.ops.ipex_train.adam_step_(
             params, grads, lists[1], lists[2], lists[3] if amsgrad else [], lists[0], trails,

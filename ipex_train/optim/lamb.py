@@ -1,7 +1,7 @@
 """Fused LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning")."""
 import torch
 
-from ._fused import FusedOptimizer, check_hyper, float_of, init_step_and_zeros
+from ._base import FusedOptimizer, check_dense, check_hyper, float_of, init_step_and_zeros
 
 
 class Lamb(FusedOptimizer):
@@ -35,9 +35,11 @@ class Lamb(FusedOptimizer):
                         fused=fused)
         super().__init__(params, defaults)
 
-    def _step_group(self, group, params, grads, trails):
+    def _step_group(self, group, params, grads, trails, check_only):
         steps, ms, vs = self._state_lists(params, ("step", "exp_avg", "exp_avg_sq"),
                                           init_step_and_zeros)
+        if check_only:
+            return check_dense(params, grads, trails, {"exp_avg": ms, "exp_avg_sq": vs}, steps)
         beta1, beta2 = group["betas"]
         mtr = group["max_trust_ratio"]
         torch.ops.ipex_train.lamb_step_(

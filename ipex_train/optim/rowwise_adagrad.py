@@ -1,8 +1,8 @@
 """Row-wise Adagrad: one accumulator per row, as FBGEMM's EXACT_ROWWISE_ADAGRAD."""
 import torch
 
-from ._fused import TRAIL, RowUpdateOptimizer, check_hyper, float_of
-from ..sparse import functional as F
+from ._base import check_hyper, float_of
+from ._row_update import RowUpdateOptimizer
 
 
 class RowWiseAdagrad(RowUpdateOptimizer):
@@ -26,6 +26,8 @@ class RowWiseAdagrad(RowUpdateOptimizer):
     Every param of every group is checked before any is updated.
     """
 
+    _row_rule = "rowwise_adagrad"
+    _row_state = ("sum",)
     _allow_dense = True
 
     def __init__(self, params, lr=1e-2, eps=1e-8, initial_accumulator_value=0.0, *,
@@ -36,13 +38,13 @@ class RowWiseAdagrad(RowUpdateOptimizer):
         super().__init__(params, dict(lr=lr, eps=eps, maximize=maximize,
                                       initial_accumulator_value=initial_accumulator_value))
 
-    def _state_shapes(self, p):
-        return {"sum": p.shape[:1]}
+    def _state_shape(self, p, key):
+        return p.shape[:1] if key == "sum" else super()._state_shape(p, key)
 
-    def _update(self, group, p, grad, state):
+    def _row_args(self, group, p, state):
         acc = state.get("sum")
         if acc is None:
-            acc = state["sum"] = torch.full((p.shape[0],), float(group["initial_accumulator_value"]),
-                                            dtype=torch.float32)
-        F.rowwise_adagrad_(p, grad, acc, float_of(group["lr"]), group["eps"], group["maximize"],
-                           state.get(TRAIL))
+            acc = self._new_state(p, state, "sum", torch.full(
+                (p.shape[0],), float(group["initial_accumulator_value"]), dtype=torch.float32))
+        return (acc, None, float_of(group["lr"]), float(group["eps"]), 0.0, 0.0, 0.0,
+                bool(group["maximize"]))

@@ -1,8 +1,7 @@
 """Fused SGD, a drop-in for torch.optim.SGD."""
 import torch
 
-from ._fused import FusedOptimizer, float_of
-from ..sparse import optim_rules as _sparse
+from ._base import _EMPTY, FusedOptimizer, check_dense, float_of
 
 
 class SGD(FusedOptimizer):
@@ -33,37 +32,45 @@ class SGD(FusedOptimizer):
                         differentiable=differentiable, fused=fused)
         super().__init__(params, defaults)
 
-    def _step_group(self, group, params, grads, trails):
+    def _step_group(self, group, params, grads, trails, check_only):
         momentum = float(group["momentum"])
+        st = self.state
+        bufs = [] if momentum == 0.0 else [st.get(p, _EMPTY).get("momentum_buffer") for p in params]
+        have = [i for i, b in enumerate(bufs) if b is not None]
+        if check_only or len(have) != len(bufs):  # buffers to check, or two calls below
+            check_dense(params, grads, trails)
+            if have:
+                check_dense([params[i] for i in have], [grads[i] for i in have],
+                            [trails[i] for i in have] if trails else [],
+                            {"momentum_buffer": [bufs[i] for i in have]})
+            if check_only:
+                return
         hyper = (float_of(group["lr"]), float(group["weight_decay"]), momentum,
                  float(group["dampening"]), bool(group["nesterov"]), bool(group["maximize"]))
-        if momentum == 0.0:
-            torch.ops.ipex_train.sgd_step_(params, grads, [], trails, *hyper, False)
-            return
-        # Params without a buffer yet start it from their gradient (torch's rule):
-        # they run as a separate call with first_step=True.
-        st = self.state
-        bufs = [st[p].get("momentum_buffer") for p in params]
-        if all(b is not None for b in bufs):
+        if len(have) == len(bufs):
             torch.ops.ipex_train.sgd_step_(params, grads, bufs, trails, *hyper, False)
             return
-        # Two calls: check all of it first, so the second cannot fail after the first wrote.
-        torch.ops.ipex_train.check_dense_params(params, grads, trails)
-        for first in (False, True):
-            idx = [i for i, b in enumerate(bufs) if (b is None) == first]
-            if not idx:
-                continue
-            if first:
-                for i in idx:
-                    bufs[i] = st[params[i]]["momentum_buffer"] = torch.empty(
-                        params[i].shape, dtype=torch.float32)
-            torch.ops.ipex_train.sgd_step_(
-                [params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
-                [trails[i] for i in idx] if trails else [], *hyper, first)
+        # Params without a buffer yet start it from their gradient (torch's rule):
+        # they run as a separate call with first_step=True (all checked above).
+        new = [i for i, b in enumerate(bufs) if b is None]
+        for i in new:
+            bufs[i] = torch.empty_like(params[i], dtype=torch.float32)
+        for idx, first in ((have, False), (new, True)):
+            if idx:
+                torch.ops.ipex_train.sgd_step_(
+                    [params[i] for i in idx], [grads[i] for i in idx], [bufs[i] for i in idx],
+                    [trails[i] for i in idx] if trails else [], *hyper, first)
+        for i in new:  # stored once written: a refused step adds no state
+            self._state_of(params[i])["momentum_buffer"] = bufs[i]
 
     # Sparse grads (nn.Embedding(sparse=True)): as torch, no momentum or weight decay.
-    def _check_sparse(self, group, p, grad):
-        _sparse.check_sgd(group, p, grad)
+    _row_rule = "sgd"
 
-    def _step_sparse(self, group, p, grad, state):
-        _sparse.step_sgd(group, p, grad, state.get("trail"))
+    def _check_row_policy(self, group, p, grad):
+        if group["momentum"] != 0:
+            raise RuntimeError("SGD: momentum is not supported with sparse gradients")
+        if group["weight_decay"] != 0:
+            raise RuntimeError("SGD: weight_decay is not supported with sparse gradients")
+
+    def _row_args(self, group, p, state):
+        return (None, None, float_of(group["lr"]), 0.0, 0.0, 0.0, 0.0, bool(group["maximize"]))

@@ -1,8 +1,9 @@
 """Lazy Adam for sparse gradients, a drop-in for torch.optim.SparseAdam."""
 import torch
 
-from ._fused import TRAIL, RowUpdateOptimizer, float_of
-from ..sparse import functional as F
+from ._base import float_of
+from ._row_update import RowUpdateOptimizer
+from ..sparse.functional import adam_step_size
 
 
 class SparseAdam(RowUpdateOptimizer):
@@ -29,16 +30,18 @@ class SparseAdam(RowUpdateOptimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, maximize=maximize))
 
-    def _state_shapes(self, p):
-        return {"exp_avg": p.shape, "exp_avg_sq": p.shape}
+    _row_rule = "adam"
+    _row_state = ("exp_avg", "exp_avg_sq")
 
-    def _update(self, group, p, grad, state):
+    def _row_args(self, group, p, state):
         if "step" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros(p.shape, dtype=torch.float32)
-            state["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32)
+            self._new_state(p, state, "step", 0)
+            for key in self._row_state:
+                self._new_state(p, state, key, torch.zeros(p.shape, dtype=torch.float32))
+        lr = float_of(group["lr"])
+        beta1, beta2 = (float_of(b) for b in group["betas"])
+        return (state["exp_avg"], state["exp_avg_sq"], lr, float(group["eps"]), beta1, beta2,
+                adam_step_size(lr, beta1, beta2, state["step"] + 1), bool(group["maximize"]))
+
+    def _row_done(self, group, p, state):
         state["step"] += 1
-        beta1, beta2 = group["betas"]
-        F.sparse_adam_(p, grad, state["exp_avg"], state["exp_avg_sq"], state["step"],
-                       float_of(group["lr"]), beta1, beta2, group["eps"], group["maximize"],
-                       state.get(TRAIL))

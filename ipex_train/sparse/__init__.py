@@ -10,7 +10,6 @@
   backward applies SGD / Adagrad / row-wise Adagrad straight into the tables;
   ``tables_as_fp32()`` makes their state dicts portable fp32 (see embedding.py).
 """
-from . import _ops  # noqa: F401  (fake kernels)
 from .embedding import (FusedEmbeddingBag, FusedEmbeddingBagCollection,
                         FusedEmbeddingOptimizer, TableConfig, join_split, split_fp32,
                         tables_as_fp32)

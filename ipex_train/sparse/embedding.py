@@ -62,9 +62,9 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from . import _ops
+from .. import _ops
+from ..bf16_split import TRAIL, join as join_split, split as split_fp32
 
-_KINDS = {"sgd": _ops.SGD, "adagrad": _ops.ADAGRAD, "rowwise_adagrad": _ops.ROWWISE_ADAGRAD}
 _DEFAULT_EPS = {"sgd": 0.0, "adagrad": 1e-10, "rowwise_adagrad": 1e-8}
 _STORAGE = (torch.float32, torch.bfloat16)
 _AS_FP32 = contextvars.ContextVar("ipex_train_tables_as_fp32", default=False)
@@ -88,21 +88,6 @@ class TableConfig:
     embedding_dim: int
     name: Optional[str] = None
     padding_idx: Optional[int] = None
-
-
-def join_split(top: torch.Tensor, trail: torch.Tensor) -> torch.Tensor:
-    """fp32 master values of split storage (bf16 top halves + int16 trails)."""
-    hi = top.view(torch.int16).to(torch.int32) << 16
-    lo = trail.to(torch.int32) & 0xFFFF
-    return (hi | lo).view(torch.float32)
-
-
-def split_fp32(w: torch.Tensor):
-    """(bf16 top halves, int16 trails) of fp32 values: an exact bit partition."""
-    bits = w.contiguous().view(torch.int32)
-    top = (bits >> 16).to(torch.int16).view(torch.bfloat16)
-    trail = (bits & 0xFFFF).to(torch.int16)
-    return top, trail
 
 
 class FusedEmbeddingOptimizer(torch.optim.Optimizer):
@@ -153,7 +138,7 @@ class _Table(nn.Module):
             top, trail = split_fp32(w)
             del w
             self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.bfloat16).copy_(top))
-            self.register_buffer("trail", _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
+            self.register_buffer(TRAIL, _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
         shape = {"adagrad": (rows, dim), "rowwise_adagrad": (rows,)}.get(optimizer)
         if shape is None:
             self.state_sum = None
@@ -189,14 +174,14 @@ class _Table(nn.Module):
         rows, dim = w.shape
         if dtype == torch.float32:
             self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.float32).copy_(w))
-            del self._buffers["trail"]
+            del self._buffers[TRAIL]
             self.trail = None
         else:
             top, trail = split_fp32(w)
             del w
             self.register_buffer("weight", _ops.table_tensor((rows, dim), torch.bfloat16).copy_(top))
             del self.trail
-            self.register_buffer("trail", _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
+            self.register_buffer(TRAIL, _ops.table_tensor((rows, dim), torch.int16).copy_(trail))
 
     def _apply(self, fn, recurse=True):
         # A table alone keeps its storage: its collection converts all its
@@ -223,8 +208,8 @@ def _apply_target(fn, current):
 
 def _table_state_dict(table, state_dict, prefix, local_metadata):
     # inside tables_as_fp32(): the exact fp32 master as "weight", no "trail"
-    if _AS_FP32.get() and table.trail is not None and prefix + "trail" in state_dict:
-        del state_dict[prefix + "trail"]
+    if _AS_FP32.get() and table.trail is not None and prefix + TRAIL in state_dict:
+        del state_dict[prefix + TRAIL]
         state_dict[prefix + "weight"] = table.master_weight()
 
 
@@ -232,7 +217,7 @@ def _table_load_pre(table, state_dict, prefix, local_metadata, strict, missing, 
                     errors):
     """Brings a table's incoming weight (fp32, or bf16 with or without a trail) to
     this table's storage, exactly: the loaded values become the fp32 master."""
-    wk, tk = prefix + "weight", prefix + "trail"
+    wk, tk = prefix + "weight", prefix + TRAIL
     w, trail = state_dict.get(wk), state_dict.get(tk)
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         return  # missing or not a float tensor: load_state_dict reports it
@@ -328,8 +313,8 @@ class FusedEmbeddingBagCollection(nn.Module):
         super().__init__()
         if mode not in ("sum", "mean"):
             raise ValueError(f"mode must be 'sum' or 'mean', got {mode!r}")
-        if optimizer not in _KINDS:
-            raise ValueError(f"optimizer must be one of {sorted(_KINDS)}, got {optimizer!r}")
+        if optimizer not in _DEFAULT_EPS:
+            raise ValueError(f"optimizer must be one of {sorted(_DEFAULT_EPS)}, got {optimizer!r}")
         if dtype not in _STORAGE:
             raise TypeError(f"dtype must be torch.float32 or torch.bfloat16 (split), got {dtype}")
         if lr < 0:
@@ -438,13 +423,13 @@ class FusedEmbeddingBagCollection(nn.Module):
     def _update(self, grad_output, indices, offsets, psw):
         tables = self._tables
         group = self.optimizer.param_groups[0]
-        kind = _KINDS[self.optimizer_kind]
-        state1 = [t._buffers["state_sum"] for t in tables] if kind != _ops.SGD else []
-        trails = [t._buffers["trail"] for t in tables] if self.dtype == torch.bfloat16 else []
+        rule = self.optimizer_kind
+        state1 = [t._buffers["state_sum"] for t in tables] if rule != "sgd" else []
+        trails = [t._buffers[TRAIL] for t in tables] if self.dtype == torch.bfloat16 else []
         torch.ops.ipex_train.embedding_bags_backward_update_(
             self._weights(), trails, state1, [], grad_output, indices, offsets,
             [p.detach() for p in psw], self._padding, self.include_last_offset,
-            self.mode == "mean", kind, float(group["lr"]), float(group["eps"]), 0.0, 0.0, 0.0,
+            self.mode == "mean", rule, float(group["lr"]), float(group["eps"]), 0.0, 0.0, 0.0,
             False)
 
     def _psw_grads(self, grad_output, indices, offsets):
@@ -516,6 +501,6 @@ def _flatten_keys(module, state_dict, prefix, local_metadata):
 
 
 def _nest_keys(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    for name in ("weight", "trail", "state_sum"):
+    for name in ("weight", TRAIL, "state_sum"):
         if prefix + name in state_dict:
             state_dict[prefix + _INNER + name] = state_dict.pop(prefix + name)

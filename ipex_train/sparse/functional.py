@@ -17,8 +17,6 @@ import math
 
 import torch
 
-from . import _ops
-
 
 def _check_args(who, weight, **others):
     """Refuses what the native op would not see or would update silently wrong:
@@ -40,20 +38,33 @@ def _check_args(who, weight, **others):
                            "under torch.no_grad() on a tensor autograd does not track")
 
 
-def _sparse_parts(weight, grad, who):
-    """(row indices [nnz], values [nnz, ...]) of a sparse COO grad for `weight`."""
-    if not isinstance(grad, torch.Tensor) or grad.layout != torch.sparse_coo:
+def row_update_(rule, params, grads, trails, state1, state2, lr, eps, beta1, beta2, step_size,
+                maximize):
+    """One native call applying `rule` ("sgd", "adagrad", "rowwise_adagrad",
+    "adam") to every param, each with its own entry in every list. The first
+    len(trails) params are split bf16 (their trails), the rest fp32; state1 /
+    state2 are empty where the rule has no such state. Checks everything, row
+    ids included, before the first write; bumps the autograd version of every
+    written tensor."""
+    torch.ops.ipex_train.sparse_row_update_(params, grads, trails, state1, state2, rule, lr, eps,
+                                            beta1, beta2, step_size, maximize)
+
+
+def _one(rule, param, grad, trail, state1, state2, lr, eps=0.0, beta1=0.0, beta2=0.0,
+         step_size=0.0, maximize=False, who="", allow_dense=False):
+    states = {"exp_avg": state1, "exp_avg_sq": state2} if rule == "adam" else \
+        {"state_sum": state1}
+    _check_args(who, param, grad=grad, trail=trail, **states)
+    if not isinstance(grad, torch.Tensor):
+        raise TypeError(f"{who}: grad must be a Tensor, got {type(grad).__name__}")
+    if not allow_dense and getattr(grad, "layout", None) is not torch.sparse_coo:
         raise TypeError(f"{who}: grad must be a sparse COO tensor, got "
-                        f"{getattr(grad, 'layout', type(grad))}")
-    if tuple(grad.shape) != tuple(weight.shape):
-        raise ValueError(f"{who}: grad has shape {tuple(grad.shape)} but weight has shape "
-                         f"{tuple(weight.shape)}")
-    if grad.sparse_dim() != 1:
-        raise ValueError(f"{who}: grad must have exactly one sparse dimension (rows), got "
-                         f"sparse_dim={grad.sparse_dim()}; use grad.to_sparse(1)")
-    idx = grad._indices()[0]
-    vals = grad._values()
-    return idx.contiguous(), vals.contiguous()
+                        f"{getattr(grad, 'layout', type(grad).__name__)}")
+    row_update_(rule, [param], [grad], [] if trail is None else [trail],
+                [] if state1 is None else [state1], [] if state2 is None else [state2],
+                [float(lr)], [float(eps)],
+                [float(beta1)], [float(beta2)], [float(step_size)], [bool(maximize)])
+    return param
 
 
 def sparse_add_(weight, grad, alpha=1.0, trail=None):
@@ -62,38 +73,13 @@ def sparse_add_(weight, grad, alpha=1.0, trail=None):
     Duplicate rows are all applied (their sum), in their original order per row.
     ``trail``: the int16 low halves of a split-bf16 ``weight``. Returns ``weight``.
     """
-    _check_args("sparse_add_", weight, grad=grad, trail=trail)
-    idx, vals = _sparse_parts(weight, grad, "sparse_add_")
-    torch.ops.ipex_train.sparse_add_(weight, trail, idx, vals, float(alpha))
-    return weight
+    return _one("sgd", weight, grad, trail, None, None, -float(alpha), who="sparse_add_")
 
 
 def sparse_sgd_(param, grad, lr, maximize=False, trail=None):
     """torch.optim.SGD's step for a sparse grad (no momentum, no weight decay, as torch):
     ``param -= lr * grad`` (``+=`` with maximize)."""
-    return sparse_add_(param, grad, lr if maximize else -lr, trail)
-
-
-def _row_update(kind, param, grad, trail, state1, state2, lr, eps, beta1=0.0, beta2=0.0,
-                step_size=0.0, maximize=False, who="", allow_dense=False):
-    states = {"exp_avg": state1, "exp_avg_sq": state2} if kind == _ops.ADAM else \
-        {"state_sum": state1}
-    _check_args(who, param, grad=grad, trail=trail, **states)
-    if not isinstance(grad, torch.Tensor):
-        raise TypeError(f"{who}: grad must be a Tensor, got {type(grad).__name__}")
-    if grad.layout == torch.sparse_coo:
-        idx, vals = _sparse_parts(param, grad, who)
-    elif allow_dense:
-        if tuple(grad.shape) != tuple(param.shape):
-            raise ValueError(f"{who}: grad has shape {tuple(grad.shape)} but param has shape "
-                             f"{tuple(param.shape)}")
-        idx, vals = None, grad.contiguous()
-    else:
-        raise TypeError(f"{who}: expects a sparse COO grad, got layout {grad.layout}")
-    torch.ops.ipex_train.sparse_row_update_(param, trail, state1, state2, idx, vals, kind,
-                                            float(lr), float(eps), float(beta1), float(beta2),
-                                            float(step_size), bool(maximize))
-    return param
+    return _one("sgd", param, grad, trail, None, None, lr, maximize=maximize, who="sparse_sgd_")
 
 
 def sparse_adagrad_(param, grad, state_sum, lr, eps=1e-10, maximize=False, trail=None):
@@ -101,8 +87,8 @@ def sparse_adagrad_(param, grad, state_sum, lr, eps=1e-10, maximize=False, trail
     first) get ``sum += g*g; param -= lr * g / (sqrt(sum) + eps)``; other rows are
     untouched. ``lr`` is the already decayed rate (torch's ``clr``); ``state_sum``
     is fp32 of param's shape."""
-    return _row_update(_ops.ADAGRAD, param, grad, trail, state_sum, None, lr, eps,
-                       maximize=maximize, who="sparse_adagrad_")
+    return _one("adagrad", param, grad, trail, state_sum, None, lr, eps, maximize=maximize,
+                who="sparse_adagrad_")
 
 
 def rowwise_adagrad_(param, grad, state_sum, lr, eps=1e-8, maximize=False, trail=None):
@@ -110,8 +96,13 @@ def rowwise_adagrad_(param, grad, state_sum, lr, eps=1e-8, maximize=False, trail
     for each row r with gradient g (duplicates summed first),
     ``sum[r] += mean(g**2); param[r] -= lr / (sqrt(sum[r]) + eps) * g``.
     ``state_sum``: fp32 [rows]. A dense grad updates every row."""
-    return _row_update(_ops.ROWWISE_ADAGRAD, param, grad, trail, state_sum, None, lr, eps,
-                       maximize=maximize, who="rowwise_adagrad_", allow_dense=True)
+    return _one("rowwise_adagrad", param, grad, trail, state_sum, None, lr, eps,
+                maximize=maximize, who="rowwise_adagrad_", allow_dense=True)
+
+
+def adam_step_size(lr, beta1, beta2, step):
+    """SparseAdam's step size at step count `step` (1 on the first step)."""
+    return lr * math.sqrt(1.0 - beta2 ** step) / (1.0 - beta1 ** step)
 
 
 def sparse_adam_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, beta1=0.9, beta2=0.999,
@@ -119,8 +110,5 @@ def sparse_adam_(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, beta1=0.9, bet
     """torch.optim.SparseAdam's step ("lazy Adam"): only rows present in ``grad``
     (duplicates summed first) update their moments and weights. ``step`` is the
     parameter's step count after this step (1 on the first)."""
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
-    step_size = lr * math.sqrt(bc2) / bc1
-    return _row_update(_ops.ADAM, param, grad, trail, exp_avg, exp_avg_sq, lr, eps, beta1, beta2,
-                       step_size, maximize, who="sparse_adam_")
+    return _one("adam", param, grad, trail, exp_avg, exp_avg_sq, lr, eps, beta1, beta2,
+                adam_step_size(lr, beta1, beta2, step), maximize, who="sparse_adam_")

@@ -4,12 +4,99 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "ops/common.h"
 
 namespace ipex_train {
 namespace ops {
 namespace {
+
+// Param, grad, trail and state tensors of one step: dense CPU tensors of one
+// shape and one memory layout. The kernels run over each tensor's memory
+// linearly, so any dense layout (contiguous, channels_last, transposed) works
+// where all of them share the param's strides.
+void check_layout(const at::Tensor& t, const std::string& what, const char* op,
+                  const at::Tensor* like = nullptr, const std::string& like_name = "") {
+  TORCH_CHECK_VALUE(t.defined(), op, ": ", what, " is undefined");
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, ": ", what, " must be a CPU tensor, got device ",
+                    t.device());
+  TORCH_CHECK_VALUE(t.layout() == at::kStrided, op, ": ", what, " must be a dense (strided) tensor");
+  if (like == nullptr) {
+    TORCH_CHECK_VALUE(t.is_non_overlapping_and_dense(), op, ": ", what,
+                      " must be dense (no gaps or overlaps between its elements; any order "
+                      "of dimensions), got strides ", t.strides(), " for shape ", t.sizes());
+    return;
+  }
+  TORCH_CHECK_VALUE(t.sizes() == like->sizes(), op, ": ", what, " has shape ", t.sizes(), " but ",
+                    like_name, " has shape ", like->sizes());
+  TORCH_CHECK_VALUE(t.strides() == like->strides(), op, ": ", what, " has strides ", t.strides(),
+                    " but ", like_name, " has strides ", like->strides(),
+                    " (they must share one memory layout)");
+}
+
+// Checks each parameter with its gradient and optional trail; fills the chunk
+// descriptors' base pointers. `trails` empty means fp32 parameters.
+struct ParamSet {
+  std::vector<ParamChunk> params;
+  std::vector<GradChunk> grads;
+  std::vector<int64_t> numel;
+};
+
+ParamSet check_params(const char* op, at::TensorList params, at::TensorList grads,
+                      at::TensorList trails) {
+  TORCH_CHECK_VALUE(grads.size() == params.size(), op, ": got ", params.size(), " params but ",
+                    grads.size(), " grads");
+  const bool split = !trails.empty();
+  TORCH_CHECK_VALUE(!split || trails.size() == params.size(), op, ": got ", params.size(),
+                    " params but ", trails.size(), " trails");
+  ParamSet s;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& p = params[i];
+    const at::Tensor& g = grads[i];
+    const std::string pname = arg("params", i);
+    check_layout(p, pname, op);
+    check_layout(g, arg("grads", i), op, &p, pname);
+    TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16, op,
+                     ": grads[", i, "] must be float32 or bfloat16, got ", g.scalar_type());
+    ParamChunk pc{nullptr, nullptr, nullptr};
+    if (split) {
+      const at::Tensor& t = trails[i];
+      check_layout(t, arg("trails", i), op, &p, pname);
+      TORCH_CHECK_TYPE(p.scalar_type() == at::kBFloat16, op, ": params[", i,
+                       "] must be bfloat16 when a trail is given, got ", p.scalar_type());
+      TORCH_CHECK_TYPE(t.scalar_type() == at::kShort, op, ": trails[", i, "] must be int16, got ",
+                       t.scalar_type());
+      pc.top = reinterpret_cast<uint16_t*>(p.data_ptr<at::BFloat16>());
+      pc.trail = reinterpret_cast<uint16_t*>(t.data_ptr<int16_t>());
+    } else {
+      TORCH_CHECK_TYPE(p.scalar_type() == at::kFloat, op, ": params[", i,
+                       "] must be float32 (bfloat16 parameters need their int16 trail: use "
+                       "ipex_train.optimize(..., dtype=torch.bfloat16)), got ", p.scalar_type());
+      pc.fp32 = p.data_ptr<float>();
+    }
+    s.params.push_back(pc);
+    s.grads.push_back(GradChunk{g.data_ptr(), g.scalar_type() == at::kBFloat16});
+    s.numel.push_back(p.numel());
+  }
+  return s;
+}
+
+// Optimizer state tensors (fp32, laid out as their params), e.g. momentum.
+std::vector<float*> check_state(const char* op, const char* name, at::TensorList state,
+                                at::TensorList params) {
+  TORCH_CHECK_VALUE(state.size() == params.size(), op, ": got ", params.size(), " params but ",
+                    state.size(), " ", name);
+  std::vector<float*> out;
+  for (size_t i = 0; i < state.size(); ++i) {
+    check_layout(state[i], arg(name, i), op, &params[i], arg("params", i));
+    TORCH_CHECK_TYPE(state[i].scalar_type() == at::kFloat, op, ": ", name, "[", i,
+                     "] must be float32, got ", state[i].scalar_type());
+    out.push_back(state[i].data_ptr<float>());
+  }
+  return out;
+}
 
 // torch.optim keeps each param's step count as a float32 scalar tensor. The
 // ops read it, compute that tensor's bias corrections from step + 1, and
@@ -178,12 +265,22 @@ void sgd_step_(at::TensorList params, at::TensorList grads, at::TensorList momen
   });
 }
 
-// The checks every *_step_ op starts with, and nothing else: an optimizer
-// step that needs several multi-tensor calls (several param groups, or fp32
-// and split params in one group) runs this for each call first, so a bad
-// param in a later call raises before an earlier call writes.
-void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorList trails) {
-  check_params("ipex_train.check_dense_params", params, grads, trails);
+// The checks of a *_step_ op, and nothing else: an optimizer step that needs
+// several native calls (several param groups, fp32 and split params in one
+// group, row updates besides) runs this for each call first, so a bad tensor
+// in a later call raises before an earlier call writes. `states` holds k
+// state lists one after the other (k * params.size() tensors: fp32, each
+// param's shape); `steps` is empty or one float32 scalar per param.
+void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorList trails,
+                        at::TensorList states, at::TensorList steps) {
+  const char* op = "ipex_train.check_dense_params";
+  check_params(op, params, grads, trails);
+  const size_t n = params.size();
+  TORCH_CHECK_VALUE(n == 0 ? states.empty() : states.size() % n == 0, op, ": got ",
+                    states.size(), " state tensors for ", n, " params");
+  for (size_t k = 0; n && k < states.size() / n; ++k)
+    check_state(op, "state", states.slice(k * n, n), params);
+  if (!steps.empty()) check_steps(op, steps, params);
 }
 
 }  // namespace
@@ -191,7 +288,9 @@ void check_dense_params(at::TensorList params, at::TensorList grads, at::TensorL
 }  // namespace ipex_train
 
 TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
-  m.def("check_dense_params(Tensor[] params, Tensor[] grads, Tensor[] trails) -> ()");
+  m.def(
+      "check_dense_params(Tensor[] params, Tensor[] grads, Tensor[] trails, Tensor[] states, "
+      "Tensor[] steps) -> ()");
   m.def(
       "sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, "
       "Tensor(c!)[] trails, float lr, float weight_decay, float momentum, float dampening, "

@@ -125,22 +125,34 @@ std::vector<int64_t> bag_starts(const char* op, const at::Tensor& off, const std
   return s;
 }
 
-EmbHyper make_hyper(const char* op, int64_t kind, double lr, double eps, double beta1,
-                    double beta2, double step_size, bool maximize) {
-  TORCH_CHECK_VALUE(kind >= kEmbSgd && kind <= kEmbAdam, op, ": unknown update kind ", kind);
-  return EmbHyper{static_cast<int>(kind), static_cast<float>(lr), static_cast<float>(eps),
+// The update rules by name (the schemas take the name: no number is mirrored in Python).
+int rule_kind(const char* op, c10::string_view rule) {
+  static constexpr std::pair<const char*, int> kRules[] = {
+      {"sgd", kEmbSgd}, {"adagrad", kEmbAdagrad}, {"rowwise_adagrad", kEmbRowWiseAdagrad},
+      {"adam", kEmbAdam}};
+  for (const auto& r : kRules)
+    if (rule == r.first) return r.second;
+  TORCH_CHECK_VALUE(false, op, ": unknown update rule '", std::string(rule),
+                    "' (sgd, adagrad, rowwise_adagrad, adam)");
+  __builtin_unreachable();
+}
+
+EmbHyper make_hyper(int kind, double lr, double eps, double beta1, double beta2,
+                    double step_size, bool maximize) {
+  return EmbHyper{kind, static_cast<float>(lr), static_cast<float>(eps),
                   static_cast<float>(beta1), static_cast<float>(beta2),
                   static_cast<float>(step_size), maximize};
 }
 
 // Checks values [nnz, *weight.shape[1:]] (fp32 or bf16) for a sparse gradient.
-EmbGrad check_values(const char* op, const at::Tensor& v, const at::Tensor& w, int64_t nnz) {
-  check_dense_cpu(v, "values", op);
+EmbGrad check_values(const char* op, const at::Tensor& v, const at::Tensor& w, int64_t nnz,
+                     const std::string& name = "values") {
+  check_dense_cpu(v, name, op);
   TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat || v.scalar_type() == at::kBFloat16, op,
-                   ": values must be float32 or bfloat16, got ", v.scalar_type());
+                   ": ", name, " must be float32 or bfloat16, got ", v.scalar_type());
   std::vector<int64_t> want{nnz};
   for (int64_t i = 1; i < w.dim(); ++i) want.push_back(w.size(i));
-  TORCH_CHECK_VALUE(v.sizes() == at::IntArrayRef(want), op, ": values has shape ", v.sizes(),
+  TORCH_CHECK_VALUE(v.sizes() == at::IntArrayRef(want), op, ": ", name, " has shape ", v.sizes(),
                     ", expected ", at::IntArrayRef(want), " (one row per index)");
   return EmbGrad{v.data_ptr(), v.scalar_type() == at::kBFloat16, row_width(w), nullptr, nullptr};
 }
@@ -168,42 +180,98 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   });
 }
 
-void sparse_row_update_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
-                        const std::optional<at::Tensor>& state1,
-                        const std::optional<at::Tensor>& state2,
-                        const std::optional<at::Tensor>& indices, const at::Tensor& values,
-                        int64_t kind, double lr, double eps, double beta1, double beta2,
-                        double step_size, bool maximize) {
+// One update rule over many parameters: per parameter i, params[i] (fp32, or
+// bf16 with trails[i]: the first trails.size() params are the split ones),
+// grads[i] (sparse COO with one sparse dimension, or dense: every row),
+// state1[i] / state2[i] where the rule has them (empty lists where not) and
+// its own hyperparameters. Every argument of every parameter, row ids
+// included, is checked before the first write.
+void sparse_row_update_(at::TensorList params, at::TensorList grads, at::TensorList trails,
+                        at::TensorList state1, at::TensorList state2, c10::string_view rule,
+                        at::ArrayRef<double> lr, at::ArrayRef<double> eps,
+                        at::ArrayRef<double> beta1, at::ArrayRef<double> beta2,
+                        at::ArrayRef<double> step_size, const c10::List<bool>& maximize) {
   const char* op = "ipex_train.sparse_row_update_";
-  const EmbHyper h = make_hyper(op, kind, lr, eps, beta1, beta2, step_size, maximize);
-  std::vector<Work> works(1);
-  Work& w = works[0];
-  w.t = check_table(op, weight, trail, "weight", "trail");
-  attach_state(op, w.t, kind, weight, state1, state2, "state1", "state2");
-  if (!indices.has_value() || !indices->defined()) {  // dense gradient, one row per table row
-    check_dense_cpu(values, "values", op);
-    TORCH_CHECK_TYPE(values.scalar_type() == at::kFloat || values.scalar_type() == at::kBFloat16, op,
-                     ": values must be float32 or bfloat16, got ", values.scalar_type());
-    TORCH_CHECK_VALUE(values.sizes() == weight.sizes(), op, ": dense values has shape ",
-                      values.sizes(), " but weight has shape ", weight.sizes());
-    const void* g = values.data_ptr();
-    const bool bf16 = values.scalar_type() == at::kBFloat16;
-    const EmbTable t = w.t;
+  const int kind = rule_kind(op, rule);
+  const size_t n = params.size();
+  for (size_t len : {grads.size(), lr.size(), eps.size(), beta1.size(), beta2.size(),
+                     step_size.size(), maximize.size()})
+    TORCH_CHECK_VALUE(len == n, op, ": got ", n, " params but a list of ", len,
+                      " (grads and every hyperparameter list need one entry per param)");
+  TORCH_CHECK_VALUE(trails.size() <= n, op, ": got ", trails.size(), " trails for ", n, " params");
+  const bool need1 = kind != kEmbSgd, need2 = kind == kEmbAdam;
+  TORCH_CHECK_VALUE(state1.size() == (need1 ? n : 0), op, ": got ", state1.size(),
+                    " state1 tensors, expected ", need1 ? n : 0);
+  TORCH_CHECK_VALUE(state2.size() == (need2 ? n : 0), op, ": got ", state2.size(),
+                    " state2 tensors, expected ", need2 ? n : 0);
+  auto opt = [](at::TensorList l, size_t i) {
+    return i < l.size() ? std::optional<at::Tensor>(l[i]) : std::nullopt;
+  };
+  std::vector<Work> works;          // sparse grads with entries
+  std::vector<EmbHyper> work_hyper;  // per work item
+  std::vector<at::Tensor> keep;      // contiguous indices / values the works point into
+  std::vector<std::pair<EmbTable, EmbHyper>> dense;
+  std::vector<const at::Tensor*> dense_grad;
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& w = params[i];
+    EmbTable t = check_table(op, w, opt(trails, i), arg("params", i), arg("trails", i));
+    attach_state(op, t, kind, w, opt(state1, i), opt(state2, i), arg("state1", i),
+                 arg("state2", i));
+    const EmbHyper h =
+        make_hyper(kind, lr[i], eps[i], beta1[i], beta2[i], step_size[i], maximize.get(i));
+    const at::Tensor& g = grads[i];
+    const std::string gname = arg("grads", i);
+    TORCH_CHECK_VALUE(g.defined() && g.device().is_cpu(), op, ": ", gname, " must be a CPU tensor");
+    TORCH_CHECK_VALUE(g.sizes() == w.sizes(), op, ": ", gname, " has shape ", g.sizes(), " but ",
+                      arg("params", i), " has shape ", w.sizes());
+    if (g.layout() == at::kStrided) {  // dense gradient, one row per table row
+      check_dense_cpu(g, gname, op);
+      TORCH_CHECK_TYPE(g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16, op, ": ",
+                       gname, " must be float32 or bfloat16, got ", g.scalar_type());
+      dense.emplace_back(t, h);
+      dense_grad.push_back(&g);
+      continue;
+    }
+    TORCH_CHECK_TYPE(g.layout() == at::kSparse, op, ": ", gname,
+                     " must be dense or sparse COO, got layout ", g.layout());
+    TORCH_CHECK_VALUE(g.sparse_dim() == 1, op, ": ", gname,
+                      " needs exactly one sparse dimension (rows), got sparse_dim=",
+                      g.sparse_dim(), "; use grad.to_sparse(1)");
+    const at::Tensor idx = g._indices().select(0, 0).contiguous();
+    const at::Tensor val = g._values().contiguous();
+    Work wk;
+    wk.op = op;
+    wk.idx_name = gname + " row index";
+    wk.t = t;
+    wk.in = check_index(op, idx, gname + " row indices", -1);
+    wk.nnz = idx.numel();
+    wk.g = check_values(op, val, w, wk.nnz, gname + " values");
+    if (wk.nnz == 0) continue;
+    keep.push_back(idx);
+    keep.push_back(val);
+    works.push_back(std::move(wk));
+    work_hyper.push_back(h);
+  }
+  EntryBuffer storage;
+  // SGD applies entry by entry (no per-row sums); this pass checks every row id.
+  sort_entries(works, /*row_sums=*/kind != kEmbSgd, storage);
+  // -- checked: the writes start here
+  for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t m) {
+    const EmbHyper& h = work_hyper[&wk - works.data()];
+    if (kind == kEmbSgd) {
+      if (wk.t.dim) IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, h.maximize ? h.lr : -h.lr, ents, m);
+    } else {
+      IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, m);
+    }
+  });
+  for (size_t j = 0; j < dense.size(); ++j) {
+    const EmbTable t = dense[j].first;
+    const EmbHyper h = dense[j].second;
+    const void* g = dense_grad[j]->data_ptr();
+    const bool bf16 = dense_grad[j]->scalar_type() == at::kBFloat16;
     at::parallel_for(0, t.rows, std::max<int64_t>(1, 4096 / std::max<int64_t>(1, t.dim)),
                      [&](int64_t b, int64_t e) { IPT_DISPATCH(emb_dense_update, h, t, g, bf16, b, e); });
-    return;
   }
-  w.in = check_index(op, *indices, "indices", -1);
-  w.op = op;
-  w.idx_name = "indices";
-  w.nnz = indices->numel();
-  w.g = check_values(op, values, weight, w.nnz);
-  if (w.nnz == 0) return;
-  EntryBuffer storage;
-  sort_entries(works, /*row_sums=*/true, storage);
-  for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
-    IPT_DISPATCH(emb_bucket_update, h, wk.t, wk.g, ents, n);
-  });
 }
 
 // Shared checks of the embedding-bag ops over T tables.
@@ -313,10 +381,11 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
                                      const at::Tensor& grad_output, at::TensorList indices,
                                      at::TensorList offsets, at::TensorList per_sample_weights,
                                      at::IntArrayRef padding_idx, bool include_last_offset,
-                                     bool mean, int64_t kind, double lr, double eps, double beta1,
-                                     double beta2, double step_size, bool maximize) {
+                                     bool mean, c10::string_view rule, double lr, double eps,
+                                     double beta1, double beta2, double step_size, bool maximize) {
   const char* op = "ipex_train.embedding_bags_backward_update_";
-  const EmbHyper h = make_hyper(op, kind, lr, eps, beta1, beta2, step_size, maximize);
+  const int kind = rule_kind(op, rule);
+  const EmbHyper h = make_hyper(kind, lr, eps, beta1, beta2, step_size, maximize);
   BagSet s = check_bags(op, weights, trails, indices, offsets, per_sample_weights, padding_idx,
                         include_last_offset, mean);
   const size_t T = weights.size();
@@ -403,16 +472,16 @@ TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
   m.def("_advise_hugepages(Tensor t) -> ()");
   m.def("sparse_add_(Tensor(a!) weight, Tensor(b!)? trail, Tensor indices, Tensor values, "
         "float alpha) -> ()");
-  m.def("sparse_row_update_(Tensor(a!) weight, Tensor(b!)? trail, Tensor(c!)? state1, "
-        "Tensor(d!)? state2, Tensor? indices, Tensor values, int kind, float lr, float eps, "
-        "float beta1, float beta2, float step_size, bool maximize) -> ()");
+  m.def("sparse_row_update_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] trails, "
+        "Tensor(c!)[] state1, Tensor(d!)[] state2, str rule, float[] lr, float[] eps, "
+        "float[] beta1, float[] beta2, float[] step_size, bool[] maximize) -> ()");
   m.def("embedding_bags_forward(Tensor[] weights, Tensor[] indices, Tensor[] offsets, "
         "Tensor[] per_sample_weights, int[] padding_idx, bool include_last_offset, bool mean) "
         "-> Tensor");
   m.def("embedding_bags_backward_update_(Tensor(a!)[] weights, Tensor(b!)[] trails, "
         "Tensor(c!)[] state1, Tensor(d!)[] state2, Tensor grad_output, Tensor[] indices, "
         "Tensor[] offsets, Tensor[] per_sample_weights, int[] padding_idx, "
-        "bool include_last_offset, bool mean, int kind, float lr, float eps, float beta1, "
+        "bool include_last_offset, bool mean, str rule, float lr, float eps, float beta1, "
         "float beta2, float step_size, bool maximize) -> ()");
 }
 
@@ -422,4 +491,9 @@ TORCH_LIBRARY_IMPL(ipex_train, CPU, m) {
   m.impl("sparse_row_update_", &ipex_train::ops::sparse_row_update_);
   m.impl("embedding_bags_forward", &ipex_train::ops::embedding_bags_forward);
   m.impl("embedding_bags_backward_update_", &ipex_train::ops::embedding_bags_backward_update_);
+}
+
+// Its grads may be sparse COO tensors, which dispatch to SparseCPU.
+TORCH_LIBRARY_IMPL(ipex_train, SparseCPU, m) {
+  m.impl("sparse_row_update_", &ipex_train::ops::sparse_row_update_);
 }

@@ -5,6 +5,7 @@ import copy
 import torch
 
 import ipex_train
+from ipex_train.bf16_split import join as join_split, split  # noqa: F401  (for the tests)
 
 # Odd sizes: empty, scalar-like, below/around vector widths, multi-dim, and one
 # tensor over two kernel chunks (32768 elements) so threads split it.
@@ -134,21 +135,6 @@ def assert_same_across_threads_and_isas(make_opt, params, grads, threads):
 
 def cfg_id(cfg):
     return "-".join(f"{k}{v}" for k, v in cfg.items())
-
-
-def join_split(top, trail):
-    """fp32 values from (bf16 top, int16 trail)."""
-    hi = top.view(torch.int16).to(torch.int32) << 16
-    lo = trail.to(torch.int32) & 0xFFFF
-    return (hi | lo).view(torch.float32)
-
-
-def split(w):
-    """(bf16 top, int16 trail) of fp32 w: an exact bit partition."""
-    bits = w.view(torch.int32)
-    top = (bits >> 16).to(torch.int16).view(torch.bfloat16).clone()
-    trail = (bits & 0xFFFF).to(torch.int16)
-    return top, trail
 
 
 def bits_equal(a, b):

@@ -80,8 +80,8 @@ def test_split_bf16_storage_matches_fp32_bitwise(name, grad_dtype, isa_level):
 
 def _corruptions(nstate):
     """(description, expected exception, function that breaks index 1 of (P, G, S, T))."""
-    def noncontig_param(P, G, S, T):
-        P[1] = torch.randn(8, 6).t()
+    def noncontig_param(P, G, S, T):  # not dense (any dense layout is accepted)
+        P[1] = torch.randn(6, 16)[:, ::2]
         G[1], T[1] = torch.randn(6, 8), T[1]
         for s in S:
             s[1] = torch.rand(6, 8)
@@ -104,10 +104,10 @@ def _corruptions(nstate):
     def noncontig_grad(P, G, S, T):
         G[1] = torch.randn(P[1].numel() * 2)[::2]
 
-    return [("contiguous", ValueError, noncontig_param), ("float32", TypeError, int_param),
+    return [("must be dense", ValueError, noncontig_param), ("float32", TypeError, int_param),
             (r"grads\[1\] has shape", ValueError, grad_shape), ("has shape", ValueError, state_shape),
             ("float32", TypeError, state_dtype), ("state_steps", TypeError, step_dtype),
-            ("contiguous", ValueError, noncontig_grad)]
+            ("strides", ValueError, noncontig_grad)]
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -174,9 +174,18 @@ def test_step_hooks_and_profiler_range_still_run():
 
 def test_check_dense_params_opcheck_and_errors():
     P, G, _, _ = _inputs(5, shapes=[(4,), (2, 3)], nstate=0)
-    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, []))
+    S = [torch.zeros(p.shape) for p in P] * 2
+    steps = [torch.tensor(0.0) for _ in P]
+    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, [], [], []))
+    torch.library.opcheck(torch.ops.ipex_train.check_dense_params.default, (P, G, [], S, steps))
     with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
-        torch.ops.ipex_train.check_dense_params(P, [G[0], torch.zeros(5)], [])
+        torch.ops.ipex_train.check_dense_params(P, [G[0], torch.zeros(5)], [], [], [])
+    with pytest.raises(ValueError, match=r"state\[1\] has shape"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], S[:3] + [torch.zeros(5)], [])
+    with pytest.raises(TypeError, match=r"state_steps\[0\] must be float32"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], [], [torch.tensor(0.0).double()] * 2)
+    with pytest.raises(ValueError, match="3 state tensors for 2 params"):
+        torch.ops.ipex_train.check_dense_params(P, G, [], S[:3], [])
 
 
 _MULTI_CALL_OPTIMIZERS = {
@@ -190,12 +199,12 @@ _MULTI_CALL_OPTIMIZERS = {
 
 
 def _bad_params():
-    noncontig = torch.randn(4, 6).t().requires_grad_()
+    noncontig = torch.randn(6, 8)[:, ::2].requires_grad_()  # not dense
     noncontig.grad = torch.randn(6, 4)
     resized = torch.randn(5).requires_grad_()
     resized.grad = torch.randn(5)
     resized.data = torch.randn(3)  # the grad no longer fits
-    return [("contiguous", noncontig), (r"grads\[0\] has shape", resized)]
+    return [("the parameter must be dense", noncontig), ("its grad has shape", resized)]
 
 
 @pytest.mark.parametrize("name", list(_MULTI_CALL_OPTIMIZERS))
@@ -213,7 +222,7 @@ def test_bad_param_in_a_later_group_writes_nothing(name):
                 opt.step()
                 opt.add_param_group({"params": [bad]})
             before = _clone(good) + [_clone(list(opt.state[p].values())) for p in good]
-            with pytest.raises(ValueError, match=f"param group 1: .*{match}"):
+            with pytest.raises(ValueError, match=f"param group 1, param 0 .*: {match}"):
                 opt.step()
             after = list(good) + [list(opt.state[p].values()) for p in good]
             for b, a in zip(before, after):
@@ -232,6 +241,6 @@ def test_sgd_momentum_split_call_writes_nothing_on_error():
     opt.param_groups[0]["params"].append(b)  # b joins the group without one
     b.data = torch.randn(4)  # and its grad no longer fits
     before = _clone([a, opt.state[a]["momentum_buffer"]])
-    with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
+    with pytest.raises(ValueError, match="param 1 .*its grad has shape"):
         opt.step()
     assert torch.equal(before[0], a) and torch.equal(before[1], opt.state[a]["momentum_buffer"])

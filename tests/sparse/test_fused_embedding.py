@@ -176,7 +176,7 @@ def test_bad_inputs_raise_and_leave_tables_unchanged():
     op = torch.ops.ipex_train.embedding_bags_backward_update_
     args = dict(weights=[t.weight for t in tabs], trails=[], state1=[t.state_sum for t in tabs],
                 state2=[], indices=good_i, offsets=good_o, per_sample_weights=[],
-                padding_idx=[-1, -1], include_last_offset=False, mean=False, kind=1, lr=0.1,
+                padding_idx=[-1, -1], include_last_offset=False, mean=False, rule="adagrad", lr=0.1,
                 eps=1e-10, beta1=0.0, beta2=0.0, step_size=0.0, maximize=False)
     for key, val, match in [("grad_output", torch.ones(2, 6), "shape"),
                             ("grad_output", torch.ones(2, 7, dtype=torch.float64), "float32"),
@@ -215,7 +215,7 @@ def test_out_of_range_ids_found_wherever_they_are(idx_dtype, dtype, isa_level, t
         with pytest.raises(IndexError, match=re.escape(want)):
             op([t.weight for t in tabs], [t.trail for t in tabs] if dtype == torch.bfloat16 else [],
                [], [], torch.ones(100, 13, dtype=dtype), idx, [offs, offs], [], [-1, -1], False,
-               False, 0, 0.1, 0.0, 0.0, 0.0, 0.0, False)
+               False, "sgd", 0.1, 0.0, 0.0, 0.0, 0.0, False)
         assert _unchanged(m, snap), want
     # a table of width 0 (the modules refuse it; the ops take it) has nothing to
     # pool or update, but its ids are still checked
@@ -336,7 +336,8 @@ def test_opcheck():
                                 [torch.ones(4), torch.ones(2)], [-1, -1], False, False))
     bwd = torch.ops.ipex_train.embedding_bags_backward_update_.default
     torch.library.opcheck(bwd, (w, [], [torch.zeros(10), torch.zeros(7)], [], torch.randn(2, 7),
-                                idx, off, [], [-1, -1], True, True, 2, 0.1, 1e-8, 0.0, 0.0, 0.0,
+                                idx, off, [], [-1, -1], True, True, "rowwise_adagrad", 0.1, 1e-8,
+                                0.0, 0.0, 0.0,
                                 False))
 
 

@@ -147,20 +147,49 @@ def test_row_update_bad_inputs_leave_state_unchanged():
         ipex_train.sparse.sparse_adagrad_(w, g, torch.zeros(10, 4, dtype=torch.float64), 0.1)
 
 
+def _one(*h):
+    return [[x] for x in h]
+
+
 def test_opcheck_row_update():
+    """Every rule, fp32 and split, sparse and dense grads. opcheck's schema test
+    cannot read a sparse tensor's storage, so sparse grads skip that one test."""
     w = torch.randn(20, 5)
-    idx = torch.tensor([1, 4, 1, 19])
-    vals = torch.randn(4, 5)
-    op = torch.ops.ipex_train.sparse_row_update_.default
-    torch.library.opcheck(op, (w, None, torch.zeros(20), None, idx, vals, 2, 0.1, 1e-8, 0.0, 0.0,
-                               0.0, False))
-    torch.library.opcheck(op, (w, None, torch.zeros(20, 5), torch.zeros(20, 5), idx, vals, 3, 0.1,
-                               1e-8, 0.9, 0.99, 0.05, False))
     top, trail = split_fp32(w)
-    torch.library.opcheck(op, (top, trail, torch.zeros(20, 5), None, idx.int(), vals, 1, 0.1,
-                               1e-10, 0.0, 0.0, 0.0, True))
-    torch.library.opcheck(op, (w, None, torch.zeros(20), None, None, torch.randn(20, 5), 2, 0.1,
-                               1e-8, 0.0, 0.0, 0.0, False))
+    sp = torch.sparse_coo_tensor(torch.tensor([[1, 4, 1, 19]]), torch.randn(4, 5), (20, 5))
+    op = torch.ops.ipex_train.sparse_row_update_.default
+    cases = [
+        ([w], [], [torch.zeros(20)], [], "rowwise_adagrad", _one(0.1, 1e-8, 0.0, 0.0, 0.0, False)),
+        ([w], [], [torch.zeros(20, 5)], [torch.zeros(20, 5)], "adam",
+         _one(0.1, 1e-8, 0.9, 0.99, 0.05, False)),
+        ([top], [trail], [torch.zeros(20, 5)], [], "adagrad", _one(0.1, 1e-10, 0.0, 0.0, 0.0, True)),
+        ([w, top], [], [], [], "sgd", [[0.1, 0.2], [0.0] * 2, [0.0] * 2, [0.0] * 2, [0.0] * 2,
+                                       [False, True]]),
+    ]
+    for params, trails, s1, s2, rule, hyper in cases:
+        if params[-1] is top and not trails:
+            params = [top, w]
+            trails = [trail]
+        for g in (sp, sp.to_dense()):
+            utils = [u for u in ("test_schema", "test_autograd_registration", "test_faketensor",
+                                 "test_aot_dispatch_dynamic") if g.layout is torch.strided or u != "test_schema"]
+            grads = [(g if p.dtype == torch.float32 else g.bfloat16()) for p in params]
+            torch.library.opcheck(op, (params, grads, trails, s1, s2, rule, *hyper),
+                                  test_utils=utils)
+
+
+def test_row_update_refuses_unknown_rule_and_list_lengths():
+    w = torch.randn(4, 2)
+    g = torch.randn(4, 2)
+    op = torch.ops.ipex_train.sparse_row_update_
+    with pytest.raises(ValueError, match="unknown update rule 'adamw'"):
+        op([w], [g], [], [torch.zeros(4)], [], "adamw", *_one(0.1, 0.0, 0.0, 0.0, 0.0, False))
+    with pytest.raises(ValueError, match="2 state1 tensors, expected 1"):
+        op([w], [g], [], [torch.zeros(4)] * 2, [], "rowwise_adagrad",
+           *_one(0.1, 0.0, 0.0, 0.0, 0.0, False))
+    with pytest.raises(ValueError, match="one entry per param"):
+        op([w], [g], [], [torch.zeros(4)], [], "rowwise_adagrad", [0.1, 0.2],
+           *_one(0.0, 0.0, 0.0, 0.0, False))
 
 
 ADAGRAD_CFGS = [dict(lr=0.1), dict(lr=0.05, lr_decay=0.01, eps=1e-8, initial_accumulator_value=0.1,
