@@ -16,6 +16,23 @@ CRITEO_TABLE_ROWS = (
 NUM_DENSE = 13
 NUM_SPARSE = len(CRITEO_TABLE_ROWS)
 
+# MLPerf Training DLRMv2's multi-hot bag size of each categorical feature (--multi-hot).
+MULTI_HOT_SIZES = (3, 2, 1, 2, 6, 1, 1, 1, 1, 7, 3, 8, 1, 6, 9, 5, 1, 1, 1, 12, 100, 27, 10, 3, 1, 1)
+
+# --model dcnv2: MLPerf DLRMv2's shape and optimizers, its tables capped at
+# 500k rows (5 tables at the cap + 21 smaller ones: 3.07M rows x 128 x 4 bytes
+# = 1.6 GB of fp32 or bf16-split tables, a size a 24 GiB machine holds).
+# lr 0.004 for both is MLPerf's; the 50-step warmup keeps Adagrad's first,
+# full-size steps from blowing up the cross network at small batches. Batch
+# 512 (MLPerf: 65536) so that 300 steps take minutes on 2 cores.
+# These replace the DLRM defaults of every flag not given on the command line.
+MODEL_DEFAULTS = {
+    "dlrm": {},
+    "dcnv2": dict(embedding_dim=128, bottom_mlp="512-256-128", top_mlp="1024-1024-512-256-1",
+                  max_rows=500_000, optimizer="adagrad", emb_optimizer="rowwise_adagrad",
+                  lr=0.004, emb_lr=0.004, lr_warmup_steps=50, batch_size=512),
+}
+
 
 class ConfigError(ValueError):
     """A flag value or combination the job cannot run with."""
@@ -84,9 +101,26 @@ class Config:
                          "ranks)")
     progress: bool = _flag(True, "show a progress bar on rank 0")
     metrics_out: str = _flag("", "write per-step losses and AUCs to this JSON file (rank 0)")
+    # the model (see MODEL_DEFAULTS and the epilog) and the lr schedule
+    model: str = _flag("dlrm", "dlrm (pairwise dot interaction) or dcnv2 (MLPerf DLRMv2: "
+                       "low-rank cross network; its own defaults, below)")
+    cross_layers: int = _flag(3, "dcnv2: cross layers")
+    cross_rank: int = _flag(512, "dcnv2: rank of each cross layer (V: rank x n, W: n x rank, "
+                            "n = 27 x --embedding-dim)")
+    multi_hot: bool = _flag(False, "MLPerf DLRMv2's bag sizes per feature (sum pooling) "
+                            "instead of one lookup")
+    lr_warmup_steps: int = _flag(0, "learning rates ramp linearly from lr/N at step 1 to lr "
+                                 "at step N")
+    lr_decay_start: int = _flag(0, "after this step the learning rates decay polynomially "
+                                "(power 2) to 0 (0: no decay)")
+    lr_decay_steps: int = _flag(0, "length of the decay in steps")
 
     def mlp_sizes(self):
         return _mlp(self.bottom_mlp, "--bottom-mlp"), _mlp(self.top_mlp, "--top-mlp")
+
+    def bag_sizes(self):
+        """Lookups per sample of each of the 26 features (1 each unless --multi-hot)."""
+        return list(MULTI_HOT_SIZES) if self.multi_hot else [1] * NUM_SPARSE
 
     def table_sizes(self):
         if self.table_rows:
@@ -106,7 +140,8 @@ class Config:
 
     def check(self, world_size=1):
         """Raises ConfigError naming the first bad flag."""
-        choices = dict(data=("synthetic", "criteo-tsv"), optimizer=("sgd", "adagrad"), bad_lines=("skip", "fail"),
+        choices = dict(model=tuple(MODEL_DEFAULTS), data=("synthetic", "criteo-tsv"),
+                       optimizer=("sgd", "adagrad"), bad_lines=("skip", "fail"),
                        emb_optimizer=("sgd", "adagrad", "rowwise_adagrad"),
                        dtype=("bf16", "fp32"), compute=("auto", "bf16", "fp32"), embeddings=("fused", "torch"),
                        backend=("ccl", "gloo"))
@@ -119,8 +154,9 @@ class Config:
         if self.embedding_dim <= 0:
             raise ConfigError(f"--embedding-dim must be positive, got {self.embedding_dim}")
         if bottom[-1] != self.embedding_dim:
+            what = "the dot interaction" if self.model == "dlrm" else "the cross network's input"
             raise ConfigError(f"--bottom-mlp must end in --embedding-dim ({self.embedding_dim}) "
-                              f"for the dot interaction, got {self.bottom_mlp}")
+                              f"for {what}, got {self.bottom_mlp}")
         if top[-1] != 1:
             raise ConfigError(f"--top-mlp must end in 1 (the click logit), got {self.top_mlp}")
         for name in ("steps", "batch_size", "eval_batches", "log_every"):
@@ -131,6 +167,17 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.timeout > 0:
             raise ConfigError(f"--timeout must be positive (seconds), got {self.timeout}")
+        for name in ("cross_layers", "cross_rank"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("lr_warmup_steps", "lr_decay_start", "lr_decay_steps"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if bool(self.lr_decay_start) != bool(self.lr_decay_steps):
+            raise ConfigError("--lr-decay-start and --lr-decay-steps go together (both 0: no decay)")
+        if self.lr_decay_start and self.lr_decay_start < self.lr_warmup_steps:
+            raise ConfigError(f"--lr-decay-start ({self.lr_decay_start}) is inside the warmup "
+                              f"(--lr-warmup-steps {self.lr_warmup_steps})")
         for name in ("eval_every", "checkpoint_every", "keep_checkpoints", "threads", "max_rows",
                      "max_seconds"):
             if getattr(self, name) < 0:
@@ -154,24 +201,52 @@ class Config:
         return self
 
 
-def parser():
-    """The argparse parser of every Config field, with its help text and default."""
-    p = argparse.ArgumentParser(prog="dlrm", description="Train DLRM with ipex_train on CPUs.")
+_EPILOG = ("--model dcnv2 is MLPerf Training DLRMv2's model: embedding dim 128, bottom MLP "
+           "13-512-256-128, a low-rank cross network (3 layers, rank 512) over the concatenated "
+           "dense and pooled vectors, top MLP 1024-1024-512-256-1, Adagrad (dense) and row-wise "
+           "Adagrad (tables) at lr 0.004 with a 50-step warmup; scaled to a 2-core, 24 GiB "
+           "machine: tables capped at --max-rows 500000 (3.07M rows, 1.6 GB fp32 or "
+           "bf16-split), --batch-size 512. Flags given on the command line override these "
+           "model defaults (the defaults shown above are --model dlrm's). --multi-hot gives the "
+           "26 features MLPerf DLRMv2's bag sizes " + ",".join(map(str, MULTI_HOT_SIZES)) +
+           " (sum pooling).")
+
+
+def parser(default=None):
+    """The argparse parser of every Config field, with its help text and default.
+    `default` replaces every flag's default when given (argparse.SUPPRESS: only
+    the flags on the command line are set)."""
+    p = argparse.ArgumentParser(prog="dlrm", description="Train DLRM with ipex_train on CPUs.",
+                                epilog=_EPILOG)
     for f in dataclasses.fields(Config):
         flag = "--" + f.name.replace("_", "-")
         shown = f" (default: {f.default})" if f.default not in ("", False) else ""
+        value = f.default if default is None else default
         if isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                           default=f.default, help=f.metadata["help"] + shown)
+                           default=value, help=f.metadata["help"] + shown)
         else:
-            p.add_argument(flag, dest=f.name, type=type(f.default), default=f.default,
+            p.add_argument(flag, dest=f.name, type=type(f.default), default=value,
                            metavar=type(f.default).__name__.upper(),
                            help=f.metadata["help"] + shown)
     p.add_argument("--fp32", dest="dtype", action="store_const", const="fp32",
-                   help="same as --dtype fp32")
+                   help="same as --dtype fp32", **({} if default is None else dict(default=default)))
     return p
 
 
+def model_config(model="dlrm", **flags):
+    """A Config of `model` with MODEL_DEFAULTS applied, then `flags` (unchecked)."""
+    if model not in MODEL_DEFAULTS:
+        raise ConfigError(f"--model: must be one of {tuple(MODEL_DEFAULTS)}, got {model!r}")
+    return Config(**dict(MODEL_DEFAULTS[model], model=model, **flags))
+
+
 def parse_args(argv=None):
-    """Parses command-line flags into a Config (unchecked)."""
-    return Config(**vars(parser().parse_args(argv)))
+    """Parses command-line flags into a Config (unchecked); --model's defaults
+    (MODEL_DEFAULTS) fill every flag not given."""
+    cfg = vars(parser().parse_args(argv))
+    given = vars(parser(argparse.SUPPRESS).parse_args(argv))
+    for k, v in MODEL_DEFAULTS.get(cfg["model"], {}).items():
+        if k not in given:
+            cfg[k] = v
+    return Config(**cfg)

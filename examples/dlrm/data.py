@@ -5,6 +5,8 @@ all samples' indices for its own tables, and its slice for the MLPs):
 
     Batch.dense   float32 [B, 13]   log(1 + count) features
     Batch.sparse  int64   [B, 26]   one row index per categorical feature
+                  int64   [B, L]    multi-hot: feature t's bag of k_t indices in
+                                    columns sum(k_<t) ..., L = sum(k) (bag_sizes)
     Batch.labels  float32 [B]       click (1) or not (0)
 
 Both sources are deterministic: batch ``i`` is a pure function of the seed (or
@@ -37,6 +39,75 @@ def _coprime_multiplier(n, g):
     return a
 
 
+def _zipf_ranks(u, n, s):
+    """Ranks in [0, n) from uniforms u by the inverse CDF of a power law x^-s
+    on [1, n + 1) (a continuous bounded Zipf law, floored)."""
+    if abs(s - 1.0) < 1e-9:
+        x = torch.pow(float(n + 1), u)
+    else:
+        top = (n + 1.0) ** (1.0 - s) - 1.0
+        x = torch.pow(1.0 + u * top, 1.0 / (1.0 - s))
+    return (x.floor().long() - 1).clamp_(0, n - 1)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _i64(c):
+    """A 64-bit constant as the signed int64 torch stores."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _srl(x, k):
+    """Logical right shift of int64 `x` by k bits."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _hash_uniform(x):
+    """Uniforms in [0, 1) (float64) from int64 keys: splitmix64's finaliser."""
+    x = x + _i64(0x9E3779B97F4A7C15)
+    x = (x ^ _srl(x, 30)) * _i64(0xBF58476D1CE4E5B9)
+    x = (x ^ _srl(x, 27)) * _i64(0x94D049BB133111EB)
+    x = x ^ _srl(x, 31)
+    return _srl(x, 11).double() * 2.0 ** -53
+
+
+# Skew of a bag's other lookups around its one-hot id: offset d >= 1 has
+# weight about 1/d^MULTI_HOT_ZIPF, so most land near the id.
+MULTI_HOT_ZIPF = 1.2
+
+
+def multi_hot(sparse, table_rows, bag_sizes):
+    """One-hot ids [B, 26] -> multi-hot bags [B, sum(bag_sizes)], a pure function
+    of each id (MLPerf DLRMv2 materializes its multi-hot Criteo the same way):
+    feature t's bag is the id itself followed by k_t - 1 rows (id + d_j) % rows,
+    each offset d_j >= 1 drawn from a bounded Zipf law by a hash of (t, id, j).
+    Hot ids thus give hot bags, and a bag tells the model no more than its id."""
+    if list(bag_sizes) == [1] * len(bag_sizes):
+        return sparse
+    cols = []
+    for t, (n, k) in enumerate(zip(table_rows, bag_sizes)):
+        ids = sparse[:, t:t + 1]
+        cols.append(ids)
+        if k > 1 and n > 1:
+            j = torch.arange(1, k, dtype=torch.int64)
+            key = (ids * 1024 + j) * 64 + t  # distinct per (t < 64, j < 1024, id)
+            d = _zipf_ranks(_hash_uniform(key), n - 1, MULTI_HOT_ZIPF) + 1
+            cols.append((ids + d) % n)
+        elif k > 1:
+            cols.append(ids.expand(-1, k - 1))
+    return torch.cat(cols, 1).contiguous()
+
+
+def bag_columns(bag_sizes):
+    """(start, end) columns of each feature's bag in a multi-hot Batch.sparse."""
+    out, start = [], 0
+    for k in bag_sizes:
+        out.append((start, start + k))
+        start += k
+    return out
+
+
 class SyntheticCriteo:
     """Criteo-like click batches with a hidden ground-truth model.
 
@@ -47,15 +118,23 @@ class SyntheticCriteo:
     categorical features, and a rank-4 dot product between two of them (the
     kind of term DLRM's interaction layer can learn). So AUC can rise well
     above 0.5; the hidden model's own AUC is ``bayes_auc`` territory (~0.8).
+
+    ``bag_sizes`` (multi-hot): each one-hot id is expanded into its bag by
+    ``multi_hot``, and the hidden model's per-row terms are averaged over the
+    bag (identical to the one-hot model when every bag size is 1).
     """
 
     SIGNAL_FEATURES = (0, 1, 4, 6, 9, 13, 16, 24)
     PAIR = (2, 10)
 
-    def __init__(self, table_rows, batch_size, seed=0, zipf=1.1):
+    def __init__(self, table_rows, batch_size, seed=0, zipf=1.1, bag_sizes=None):
         if len(table_rows) != NUM_SPARSE:
             raise ValueError(f"need {NUM_SPARSE} table sizes, got {len(table_rows)}")
         self.table_rows = list(table_rows)
+        self.bag_sizes = list(bag_sizes) if bag_sizes is not None else [1] * NUM_SPARSE
+        if len(self.bag_sizes) != NUM_SPARSE or min(self.bag_sizes) < 1:
+            raise ValueError(f"need {NUM_SPARSE} bag sizes >= 1, got {self.bag_sizes}")
+        self._cols = bag_columns(self.bag_sizes)
         self.batch_size = batch_size
         self.seed = seed
         g = _generator(seed, "model", 0)
@@ -82,28 +161,27 @@ class SyntheticCriteo:
         for t, n in enumerate(self.table_rows):
             rank = self._zipf_ranks(torch.rand(B, generator=g, dtype=torch.float64), n)
             cols.append((rank * self._mul[t] + self._add[t]) % n)
-        sparse = torch.stack(cols, 1)
+        sparse = multi_hot(torch.stack(cols, 1), self.table_rows, self.bag_sizes)
         labels = torch.bernoulli(torch.sigmoid(self.true_logit(dense, sparse)), generator=g)
         return Batch(dense.float(), sparse, labels.float())
 
     def _zipf_ranks(self, u, n):
-        """Ranks in [0, n) from uniforms u by the inverse CDF of a power law x^-zipf
-        on [1, n + 1) (a continuous bounded Zipf law, floored)."""
-        s = self.zipf
-        if abs(s - 1.0) < 1e-9:
-            x = torch.pow(float(n + 1), u)
-        else:
-            top = (n + 1.0) ** (1.0 - s) - 1.0
-            x = torch.pow(1.0 + u * top, 1.0 / (1.0 - s))
-        return (x.floor().long() - 1).clamp_(0, n - 1)
+        return _zipf_ranks(u, n, self.zipf)
+
+    def _bag_mean(self, table, sparse, t):
+        """Mean over feature t's bag of table[id] (table [rows] or [rows, k])."""
+        a, b = self._cols[t]
+        v = table[sparse[:, a:b]]
+        return v[:, 0] if b - a == 1 else v.mean(1)
 
     def true_logit(self, dense, sparse):
         """The hidden model's click logit [B] (the best any model can do)."""
         logit = self._bias + (dense - 1.4) @ self._w_dense / 2
         for t, e in self._effects.items():
-            logit = logit + e[sparse[:, t]]
+            logit = logit + self._bag_mean(e, sparse, t)
         a, b = self.PAIR
-        return logit + (self._pair[0][sparse[:, a]] * self._pair[1][sparse[:, b]]).sum(1)
+        return logit + (self._bag_mean(self._pair[0], sparse, a) *
+                        self._bag_mean(self._pair[1], sparse, b)).sum(1)
 
     def train_batches(self, start=0):
         i = start
@@ -174,7 +252,8 @@ class CriteoTSV:
 
     Integer features are clamped at 0 and log(1 + x)-transformed, missing ones
     are 0; categorical hex values are hashed into the table sizes (a missing
-    value has its own hash). A malformed line is reported on stderr with its
+    value has its own hash) and, with ``bag_sizes``, expanded into multi-hot
+    bags by ``multi_hot``. A malformed line is reported on stderr with its
     line number and skipped (``bad_lines="skip"``), or raises ``BadLine``
     (``"fail"``); blank lines at the end of the file are ignored. The file is
     read again from the top when it runs out (a bad line is reported on the
@@ -184,10 +263,12 @@ class CriteoTSV:
 
     MAX_REPORTS = 20
 
-    def __init__(self, path, table_rows, batch_size, bad_lines="skip", report=None):
+    def __init__(self, path, table_rows, batch_size, bad_lines="skip", report=None,
+                 bag_sizes=None):
         if bad_lines not in ("skip", "fail"):
             raise ValueError(f"bad_lines must be 'skip' or 'fail', got {bad_lines!r}")
         self.path, self.table_rows, self.batch_size = path, list(table_rows), batch_size
+        self.bag_sizes = list(bag_sizes) if bag_sizes is not None else [1] * NUM_SPARSE
         self.bad_lines = bad_lines
         self.skipped = 0   # lines skipped, over every pass
         self.passes = 0    # passes over the file completed
@@ -243,10 +324,10 @@ class CriteoTSV:
             yield self._batch(labels, dense, sparse)
         self.passes += 1
 
-    @staticmethod
-    def _batch(labels, dense, sparse):
+    def _batch(self, labels, dense, sparse):
         return Batch(torch.tensor(dense, dtype=torch.float32),
-                     torch.tensor(sparse, dtype=torch.int64),
+                     multi_hot(torch.tensor(sparse, dtype=torch.int64), self.table_rows,
+                               self.bag_sizes),
                      torch.tensor(labels, dtype=torch.float32))
 
     def train_batches(self, start=0):

@@ -37,13 +37,17 @@ def fused_available():
 class LocalTables(nn.Module):
     """Tables ``ids`` (global feature numbers) of ``rows[t]`` x ``dim``.
 
-    forward(sparse [B, 26] int64) -> pooled [B, len(ids) * dim], one-hot bags
-    (one index per sample and feature), columns in the order of ``ids``.
+    forward(sparse [B, sum(bag_sizes)] int64) -> pooled [B, len(ids) * dim],
+    feature t's bag of ``bag_sizes[t]`` indices (default 1: one-hot) summed,
+    columns in the order of ``ids``.
     """
 
-    def __init__(self, ids, rows, dim, *, kind, optimizer, lr, dtype, seed):
+    def __init__(self, ids, rows, dim, *, kind, optimizer, lr, dtype, seed, bag_sizes=None):
         super().__init__()
         self.ids, self.dim, self.kind = list(ids), dim, kind
+        bag_sizes = [1] * len(rows) if bag_sizes is None else list(bag_sizes)
+        starts = [sum(bag_sizes[:t]) for t in range(len(bag_sizes))]
+        self.cols = [(starts[t], starts[t] + bag_sizes[t]) for t in self.ids]
         self.rows = [rows[t] for t in self.ids]
         weights = [initial_table(rows[t], dim, seed, t) for t in self.ids]
         self.opt, self.out_dtype = None, dtype
@@ -85,11 +89,15 @@ class LocalTables(nn.Module):
         B = sparse.shape[0]
         if not self.ids:
             return torch.zeros((B, 0), dtype=self.out_dtype)
-        offsets = torch.arange(B, dtype=torch.int64)
-        indices = [sparse[:, t].contiguous() for t in self.ids]
+        if all(b - a == 1 for a, b in self.cols):
+            offsets = [torch.arange(B, dtype=torch.int64)] * len(self.cols)
+            indices = [sparse[:, a].contiguous() for a, _ in self.cols]
+        else:  # fixed-size bags: 2-D [B, k] indices, no offsets
+            offsets, indices = None, [sparse[:, a:b] for a, b in self.cols]
         if self.kind == "fused":
-            return self.tables(indices, [offsets] * len(indices))
-        out = torch.cat([bag(i, offsets) for bag, i in zip(self.tables, indices)], 1)
+            return self.tables(indices, offsets)
+        offsets = offsets or [None] * len(indices)
+        out = torch.cat([bag(i, o) for bag, i, o in zip(self.tables, indices, offsets)], 1)
         return out.to(self.out_dtype)
 
     def step(self):

@@ -27,12 +27,13 @@ from .trainer import Trainer, default_threads  # noqa: E402
 def make_data(cfg):
     """(training source, evaluation batches) for cfg.data."""
     rows = cfg.table_sizes()
+    bags = cfg.bag_sizes()
     if cfg.data == "synthetic":
-        src = SyntheticCriteo(rows, cfg.batch_size, seed=cfg.seed, zipf=cfg.zipf)
+        src = SyntheticCriteo(rows, cfg.batch_size, seed=cfg.seed, zipf=cfg.zipf, bag_sizes=bags)
         return src, src.eval_batches(cfg.eval_batches)
-    src = CriteoTSV(cfg.train_file, rows, cfg.batch_size, bad_lines=cfg.bad_lines)
+    src = CriteoTSV(cfg.train_file, rows, cfg.batch_size, bad_lines=cfg.bad_lines, bag_sizes=bags)
     ev = CriteoTSV(cfg.eval_file or cfg.train_file, rows, cfg.batch_size,
-                   bad_lines=cfg.bad_lines, report=lambda msg: None)
+                   bad_lines=cfg.bad_lines, report=lambda msg: None, bag_sizes=bags)
     return src, ev.eval_batches(cfg.eval_batches)
 
 
@@ -78,7 +79,8 @@ def run(cfg):
     source, eval_set = make_data(cfg)
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
     start = resume(cfg, trainer, log)
-    log(f"[dlrm] world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
+    log(f"[dlrm] model {cfg.model}{' multi-hot' if cfg.multi_hot else ''}, "
+        f"world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
         f"({cfg.emb_optimizer}), ISA {__import__('ipex_train').isa()}, "
         f"{torch.get_num_threads()} threads/rank, tables on this rank: {trainer.placement[rank]}"
         + (f", resumed at step {start}" if start else ""))
@@ -92,6 +94,7 @@ def run(cfg):
     while step < cfg.steps:
         step += 1
         batch = next(batches)
+        trainer.set_step(step)
         pending.append(trainer.train_step(batch))
         pending_steps.append((step, batch.labels.shape[0]))
         if timed_from is None and step - start >= min(3, cfg.steps - start):

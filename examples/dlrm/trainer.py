@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError
 from .config import NUM_DENSE, NUM_SPARSE
+from .dcn import DCNDenseArch
 from .embeddings import LocalTables
 from .model import DenseArch
+from .schedule import lr_factor
 from .parallel import EmbeddingAllToAll, batch_splits, place_tables
 
 import ipex_train
@@ -42,9 +44,13 @@ class Trainer:
         dtype = torch.bfloat16 if cfg.dtype == "bf16" else torch.float32
         self.tables = LocalTables(self.placement[rank], rows, dim, kind=cfg.embeddings,
                                   optimizer=cfg.emb_optimizer, lr=cfg.emb_lr, dtype=dtype,
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, bag_sizes=cfg.bag_sizes())
         torch.manual_seed(cfg.seed)  # same MLP weights on every rank and world size
-        dense = DenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, compute_dtype(cfg))
+        if cfg.model == "dcnv2":
+            dense = DCNDenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, cfg.cross_layers,
+                                 cfg.cross_rank, compute_dtype(cfg))
+        else:
+            dense = DenseArch(NUM_DENSE, NUM_SPARSE, bottom, top, compute_dtype(cfg))
         opt_cls = {"sgd": ipex_train.optim.SGD, "adagrad": ipex_train.optim.Adagrad}[cfg.optimizer]
         opt = opt_cls(dense.parameters(), lr=cfg.lr)
         dense, opt = ipex_train.optimize(dense, opt, dtype=dtype)
@@ -74,6 +80,18 @@ class Trainer:
         if self.order is not None:
             emb = emb.index_select(1, self.order)
         return model(batch.dense[start:end], emb), start, end
+
+    def set_step(self, step):
+        """Sets the learning rates of training step `step` (1-based) by the
+        schedule flags (--lr-warmup-steps, --lr-decay-start/--lr-decay-steps)."""
+        cfg = self.cfg
+        f = lr_factor(step, cfg.lr_warmup_steps, cfg.lr_decay_start, cfg.lr_decay_steps)
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * f
+        opt = self.tables.opt if self.tables.kind == "torch" else \
+            getattr(self.tables.tables, "optimizer", None)
+        for g in ([] if opt is None else opt.param_groups):
+            g["lr"] = cfg.emb_lr * f
 
     def train_step(self, batch):
         """One step on the global batch; returns this rank's BCE sum (detached)."""
