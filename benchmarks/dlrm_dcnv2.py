@@ -1,0 +1,232 @@
+"""DLRM-DCNv2 (MLPerf DLRMv2) multi-hot training throughput: stock PyTorch,
+TorchRec and ipex_train, one run.
+
+Model: examples/dlrm --model dcnv2 --multi-hot (26 Criteo-shaped tables capped
+at --max-rows, dim 128, MLPerf's bag sizes, sum pooling; bottom MLP
+13-512-256-128, low-rank cross network 3 x rank 512 over 27 x 128 = 3456
+inputs, top MLP 1024-1024-512-256-1) at --batch-size, with MLPerf's
+optimizers: Adagrad for the dense part, row-wise Adagrad for the tables
+(stock PyTorch has no row-wise rule: its tables use torch.optim.Adagrad's
+sparse one, more state traffic). Variants:
+
+  stock fp32          nn.EmbeddingBag(sparse=True) per table, nn.Linear/ReLU MLPs,
+                      the cross network as TorchRec writes it, torch.optim.Adagrad
+  stock + autocast    the same step under torch.autocast("cpu", torch.bfloat16)
+  TorchRec fp32       torchrec.models.dlrm.DLRM_DCN over FBGEMM's fused CPU tables
+                      (EXACT_ROWWISE_ADAGRAD), torch.optim.Adagrad dense
+  TorchRec + autocast
+  ours fp32, ours bf16   the examples/dlrm trainer (fused tables, fused Adagrad,
+                      ipex_train.optimize; bf16 = split storage)
+
+Every variant runs one step per round in a rotating order (a noisy machine
+slows all alike); samples/s use the minimum over the rounds, the median is
+printed beside it. Then ours' per-component breakdown: each part's forward +
+backward (and the optimizer step) timed alone on the same batch, minimum
+over rounds; "other" is the step's minimum less their sum.
+
+Usage: python benchmarks/dlrm_dcnv2.py [--steps N] [--max-rows N] [--batch-size N]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+# examples/dlrm, not this directory's dlrm.py, is the `dlrm` package here
+sys.path[:] = [os.path.join(ROOT, "examples")] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path.append(HERE)
+
+from _timing import interleaved  # noqa: E402
+from dlrm.config import NUM_DENSE, NUM_SPARSE, model_config  # noqa: E402
+from dlrm.data import SyntheticCriteo, bag_columns  # noqa: E402
+from dlrm.dcn import LowRankCross  # noqa: E402
+from dlrm.embeddings import initial_table  # noqa: E402
+from dlrm.model import mlp, run_mlp  # noqa: E402
+
+LR = 0.004
+
+
+def make_cfg(args, dtype):
+    return model_config("dcnv2", multi_hot=True, max_rows=args.max_rows,
+                        batch_size=args.batch_size, dtype=dtype, lr=LR, emb_lr=LR,
+                        lr_warmup_steps=0, backend="gloo").check()
+
+
+class StockDCN(torch.nn.Module):
+    """Plain-PyTorch dense part: nn.Linear/ReLU MLPs, cat, TorchRec's cross formula."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        bottom, top = cfg.mlp_sizes()
+        n = (NUM_SPARSE + 1) * bottom[-1]
+        self.bottom = mlp([NUM_DENSE] + list(bottom), last_relu=True)
+        self.cross = LowRankCross(n, cfg.cross_layers, cfg.cross_rank)
+        self.top = mlp([n] + list(top), last_relu=False)
+
+    def forward(self, dense, emb):
+        x = self.bottom(dense)
+        x0 = torch.cat([x.unsqueeze(1), emb], 1).flatten(1)
+        xl = x0
+        for v, w, c in zip(self.cross.V_kernels, self.cross.W_kernels, self.cross.bias):
+            xl = x0 * (F.linear(F.linear(xl, v), w) + c) + xl
+        return self.top(xl).squeeze(1)
+
+
+def stock_steps(cfg):
+    """(fp32 step, bf16-autocast step) of one stock model."""
+    rows, dim, cols = cfg.table_sizes(), cfg.embedding_dim, bag_columns(cfg.bag_sizes())
+    bags = torch.nn.ModuleList(
+        torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True, _weight=initial_table(n, dim, 0, t))
+        for t, n in enumerate(rows))
+    torch.manual_seed(0)
+    dense = StockDCN(cfg)
+    opt = torch.optim.Adagrad(list(bags.parameters()) + list(dense.parameters()), lr=LR)
+
+    def step(b, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            emb = torch.stack([bag(b.sparse[:, s:e]) for bag, (s, e) in zip(bags, cols)], 1)
+            logits = dense(b.dense, emb)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (lambda b: step(b, False)), (lambda b: step(b, True))
+
+
+def torchrec_steps(cfg, data):
+    """(fp32 step, bf16-autocast step) of torchrec.models.dlrm.DLRM_DCN over
+    FBGEMM's fused CPU tables, or the reason it cannot run, for both."""
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+        from torchrec.models.dlrm import DLRM_DCN
+        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+        from torchrec.optim import RowWiseAdagrad
+    except ImportError as e:
+        return (f"not installed ({e.name})",) * 2
+    rows, dim, sizes = cfg.table_sizes(), cfg.embedding_dim, cfg.bag_sizes()
+    keys = [f"f{t}" for t in range(NUM_SPARSE)]
+    tables = [EmbeddingBagConfig(name=f"t{t}", embedding_dim=dim, num_embeddings=n,
+                                 feature_names=[keys[t]]) for t, n in enumerate(rows)]
+    ebc = FusedEmbeddingBagCollection(tables=tables, optimizer_type=RowWiseAdagrad,
+                                      optimizer_kwargs={"lr": LR}, device=torch.device("cpu"))
+    bottom, top = cfg.mlp_sizes()
+    model = DLRM_DCN(embedding_bag_collection=ebc, dense_in_features=NUM_DENSE,
+                     dense_arch_layer_sizes=bottom, over_arch_layer_sizes=top,
+                     dcn_num_layers=cfg.cross_layers, dcn_low_rank_dim=cfg.cross_rank)
+    fused = {id(p) for p in ebc.parameters()}
+    opt = torch.optim.Adagrad([p for p in model.parameters() if id(p) not in fused], lr=LR)
+    cols = bag_columns(sizes)
+    kjts = {}
+    for b in data:
+        B = b.labels.shape[0]
+        values = torch.cat([b.sparse[:, s:e].reshape(-1) for s, e in cols])
+        lengths = torch.cat([torch.full((B,), k, dtype=torch.int32) for k in sizes])
+        kjts[id(b)] = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values,
+                                                          lengths=lengths)
+
+    def step(b, autocast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = model(b.dense, kjts[id(b)]).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (lambda b: step(b, False)), (lambda b: step(b, True))
+
+
+def components(trainer, b, rounds):
+    """Ours' parts timed alone on batch `b`: {name: min seconds}."""
+    d, dim = trainer.dense, trainer.cfg.embedding_dim
+    dtype = d.compute_dtype or d.bottom[0].weight.dtype
+    B = b.labels.shape[0]
+    x = run_mlp(d.bottom, b.dense.to(dtype), dtype).detach()
+    emb = trainer.tables(b.sparse).detach()
+    x0 = torch.cat([x, emb.to(dtype)], 1).requires_grad_()
+    xl = d.cross(x0, dtype).detach().requires_grad_()
+
+    def fb(fn):
+        def run(r):
+            out = fn()
+            out.backward(torch.ones_like(out))
+        return run
+
+    parts = {
+        "embeddings": fb(lambda: trainer.tables(b.sparse)),
+        "bottom MLP": fb(lambda: run_mlp(d.bottom, b.dense.to(dtype), dtype)),
+        "cross": fb(lambda: d.cross(x0, dtype)),
+        "top MLP": fb(lambda: run_mlp(d.top, xl, dtype)),
+        "optimizer": lambda r: trainer.opt.step(),
+    }
+    del B, dim
+    t = interleaved(parts, rounds, 1)
+    return {k: v[0] for k, v in t.items()}
+
+
+VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autocast",
+            "ours fp32", "ours bf16"]
+
+
+def fmt(x):
+    return f"{x:8.0f} samples/s" if isinstance(x, float) else x
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=5, help="timed rounds (one step of each variant)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--max-rows", type=int, default=100_000)
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    args = p.parse_args()
+    import ipex_train
+    from dlrm.trainer import Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # every variant alike
+    cfg32, cfg16 = make_cfg(args, "fp32"), make_cfg(args, "bf16")
+    src = SyntheticCriteo(cfg32.table_sizes(), args.batch_size, seed=0, bag_sizes=cfg32.bag_sizes())
+    data = [src.batch(i) for i in range(3)]
+    print(f"DLRM-DCNv2 multi-hot training, batch {args.batch_size}, dim 128, "
+          f"{sum(cfg32.bag_sizes())} lookups/sample, MLPs 13-512-256-128 / 3456-1024-1024-512-256-1, "
+          f"cross 3 x rank 512, tables capped at {args.max_rows} rows ({sum(cfg32.table_sizes())} "
+          f"rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {ipex_train.isa()}",
+          flush=True)
+    steps = dict(zip(VARIANTS[:2], stock_steps(cfg32)))
+    steps.update(zip(VARIANTS[2:4], torchrec_steps(cfg32, data)))
+    ours = {"ours fp32": Trainer(cfg32), "ours bf16": Trainer(cfg16)}
+    for k, tr in ours.items():
+        steps[k] = tr.train_step
+    runnable = {k: f for k, f in steps.items() if callable(f)}
+    t = interleaved({k: (lambda r, f=f: f(data[r % len(data)])) for k, f in runnable.items()},
+                    args.steps, args.warmup)
+    rate = {k: (args.batch_size / t[k][0] if k in t else steps[k]) for k in VARIANTS}
+    print(f"ms/step min / median over {args.steps} rounds")
+    for k in VARIANTS:
+        ms = f"{t[k][0] * 1e3:8.1f} / {t[k][1] * 1e3:8.1f} ms" if k in t else " " * 22
+        print(f"  {k:22s} {ms}  {fmt(rate[k])}", flush=True)
+    r = lambda a, c: ratio(rate[a], rate[c])  # noqa: E731
+    print(f"  ours bf16 / stock fp32 {r('ours bf16', 'stock fp32')} (target >= 3x), "
+          f"/ stock + autocast {r('ours bf16', 'stock + autocast')} (target >= 2x), "
+          f"/ TorchRec + autocast {r('ours bf16', 'TorchRec + autocast')} (target >= 2x)")
+    print(f"  ours fp32 / stock fp32 {r('ours fp32', 'stock fp32')} (target >= 1.8x), "
+          f"/ TorchRec fp32 {r('ours fp32', 'TorchRec fp32')}")
+    for k, tr in ours.items():
+        parts = components(tr, data[0], max(2, args.steps // 2))
+        parts["other"] = max(0.0, t[k][0] - sum(parts.values()))
+        print(f"  {k} breakdown (ms, parts alone): " +
+              ", ".join(f"{n} {s * 1e3:.1f}" for n, s in parts.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
