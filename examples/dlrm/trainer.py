@@ -88,10 +88,7 @@ class Trainer:
         f = lr_factor(step, cfg.lr_warmup_steps, cfg.lr_decay_start, cfg.lr_decay_steps)
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * f
-        opt = self.tables.opt if self.tables.kind == "torch" else \
-            getattr(self.tables.tables, "optimizer", None)
-        for g in ([] if opt is None else opt.param_groups):
-            g["lr"] = cfg.emb_lr * f
+        self.tables.lr = cfg.emb_lr * f
 
     def train_step(self, batch):
         """One step on the global batch; returns this rank's BCE sum (detached)."""
