@@ -135,6 +135,13 @@ class Trainer:
                      tables=self.tables.state_dict(), emb_lr=self.tables.lr)
         if self.tables.opt is not None:
             state["tables_opt"] = self.tables.opt.state_dict()
+        # the base rates (--lr, --emb-lr), not this step's scheduled ones
+        for g in state["opt"]["param_groups"]:
+            g["lr"] = self.cfg.lr
+        for g in state.get("tables_opt", {}).get("param_groups", []):
+            g["lr"] = self.cfg.emb_lr
+        if state["emb_lr"] is not None:
+            state["emb_lr"] = self.cfg.emb_lr
         return state
 
     def load_state_dict(self, state, source="checkpoint"):

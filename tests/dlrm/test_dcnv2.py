@@ -212,12 +212,14 @@ def test_dcnv2_multi_hot_learns():
     assert sum(losses[-10:]) < sum(losses[:10])
 
 
-def test_dcnv2_resume_is_exact_with_schedule(tmp_path):
-    kw = dict(DCN, dtype="bf16", lr_warmup_steps=2, lr_decay_start=3, lr_decay_steps=4)
+def test_dcnv2_resume_is_exact_with_schedule(tmp_path, capsys):
+    kw = dict(DCN, dtype="bf16", lr_warmup_steps=4, lr_decay_start=4, lr_decay_steps=4)
     ck = str(tmp_path / "ck")
     whole = run_inprocess(steps=6, **kw)
     run_inprocess(steps=3, checkpoint_every=3, checkpoint_dir=ck, **kw)
+    capsys.readouterr()
     resumed = run_inprocess(steps=6, resume=True, checkpoint_dir=ck, **kw)
+    assert "replaces the checkpoint's" not in capsys.readouterr().out  # base lrs saved
     assert sorted(resumed["losses"]) == [4, 5, 6]
     for s in (4, 5, 6):
         assert resumed["losses"][s] == whole["losses"][s], s
