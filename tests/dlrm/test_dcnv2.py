@@ -129,9 +129,9 @@ def test_multi_hot_skew_and_spread():
 
 
 def test_synthetic_multi_hot_layout_and_signal():
-    src = SyntheticCriteo(ROWS, 4096, seed=1, bag_sizes=MULTI_HOT_SIZES)
+    src = SyntheticCriteo(ROWS, 2048, seed=1, bag_sizes=MULTI_HOT_SIZES)
     b = src.batch(0)
-    one = SyntheticCriteo(ROWS, 4096, seed=1).batch(0)
+    one = SyntheticCriteo(ROWS, 2048, seed=1).batch(0)
     assert torch.equal(b.sparse, multi_hot(one.sparse, ROWS, MULTI_HOT_SIZES))
     assert torch.equal(b.dense, one.dense)
     assert 0.1 < b.labels.mean() < 0.5
