@@ -37,7 +37,8 @@ import torch.nn.functional as F
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 # examples/dlrm, not this directory's dlrm.py, is the `dlrm` package here
-sys.path[:] = [os.path.join(ROOT, "examples")] + [p for p in sys.path if os.path.abspath(p or ".") != HERE]
+sys.path[:] = [os.path.join(ROOT, "examples")] + [
+    p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.append(HERE)
 
 from _timing import interleaved  # noqa: E402
@@ -141,9 +142,8 @@ def torchrec_steps(cfg, data):
 
 def components(trainer, b, rounds):
     """Ours' parts timed alone on batch `b`: {name: min seconds}."""
-    d, dim = trainer.dense, trainer.cfg.embedding_dim
+    d = trainer.dense
     dtype = d.compute_dtype or d.bottom[0].weight.dtype
-    B = b.labels.shape[0]
     x = run_mlp(d.bottom, b.dense.to(dtype), dtype).detach()
     emb = trainer.tables(b.sparse).detach()
     x0 = torch.cat([x, emb.to(dtype)], 1).requires_grad_()
@@ -162,7 +162,6 @@ def components(trainer, b, rounds):
         "top MLP": fb(lambda: run_mlp(d.top, xl, dtype)),
         "optimizer": lambda r: trainer.opt.step(),
     }
-    del B, dim
     t = interleaved(parts, rounds, 1)
     return {k: v[0] for k, v in t.items()}
 
@@ -197,7 +196,8 @@ def main():
     src = SyntheticCriteo(cfg32.table_sizes(), args.batch_size, seed=0, bag_sizes=cfg32.bag_sizes())
     data = [src.batch(i) for i in range(3)]
     print(f"DLRM-DCNv2 multi-hot training, batch {args.batch_size}, dim 128, "
-          f"{sum(cfg32.bag_sizes())} lookups/sample, MLPs 13-512-256-128 / 3456-1024-1024-512-256-1, "
+          f"{sum(cfg32.bag_sizes())} lookups/sample, "
+          f"MLPs 13-512-256-128 / 3456-1024-1024-512-256-1, "
           f"cross 3 x rank 512, tables capped at {args.max_rows} rows ({sum(cfg32.table_sizes())} "
           f"rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {ipex_train.isa()}",

@@ -5,7 +5,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from dlrm.config import MODEL_DEFAULTS, MULTI_HOT_SIZES, Config, ConfigError, model_config, parse_args
+from dlrm.config import (MODEL_DEFAULTS, MULTI_HOT_SIZES, Config, ConfigError, model_config,
+                         parse_args)
 from dlrm.data import CriteoTSV, SyntheticCriteo, bag_columns, multi_hot
 from dlrm.dcn import DCNDenseArch, LowRankCross
 from dlrm.schedule import lr_factor
