@@ -79,8 +79,8 @@ def run(cfg):
     source, eval_set = make_data(cfg)
     log = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
     start = resume(cfg, trainer, log)
-    log(f"[dlrm] model {cfg.model}{' multi-hot' if cfg.multi_hot else ''}, "
-        f"world size {world}, dtype {cfg.dtype}, embeddings {cfg.embeddings} "
+    log(f"[dlrm] world size {world}, model {cfg.model}{' multi-hot' if cfg.multi_hot else ''}, "
+        f"dtype {cfg.dtype}, embeddings {cfg.embeddings} "
         f"({cfg.emb_optimizer}), ISA {__import__('ipex_train').isa()}, "
         f"{torch.get_num_threads()} threads/rank, tables on this rank: {trainer.placement[rank]}"
         + (f", resumed at step {start}" if start else ""))
