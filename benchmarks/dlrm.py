@@ -24,6 +24,8 @@ every variant. World size 2 (bf16-split): "ccl" vs "gloo", 2 processes on
 127.0.0.1. Columns whose package is missing print "not installed".
 
 Usage: python benchmarks/dlrm.py [--steps N] [--max-rows N] [--threads-list 1,2]
+The second model, DLRM-DCNv2 on multi-hot bags (MLPerf DLRMv2), has the same
+variants in benchmarks/dlrm_dcnv2.py.
 """
 import argparse
 import json
