@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from ipex_train.launch._ports import free_port, free_ports  # noqa: F401  (re-exported)
+from ipex_train.launch._supervise import process_tree
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -46,33 +47,9 @@ def rank_env(rank, world, port, **extra):
                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port, **extra)
 
 
-def _process_table():
-    """{pid: (parent pid, session id)} of every process, from /proc."""
-    table = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                table[int(d)] = (int(fields[1]), int(fields[3]))
-            except (OSError, IndexError, ValueError):
-                pass
-    return table
-
-
 def tree(pid):
     """`pid`'s descendants, and the other members of the session it leads."""
-    table = _process_table()
-    out, todo = set(), [pid]
-    while todo:
-        parent = todo.pop()
-        kids = [c for c, (pp, _) in table.items() if pp == parent and c not in out]
-        out.update(kids)
-        todo += kids
-    out.update(p for p, (_, sid) in table.items() if sid == pid)
-    out.discard(pid)
-    out.discard(os.getpid())
-    return out
+    return process_tree(pid) - {pid}
 
 
 def kill_tree(pid, itself=True):

@@ -33,8 +33,9 @@ def _say(msg):
     print(f"ipex-train-run: {msg}", file=sys.stderr, flush=True)
 
 
-def _tree(pid):
-    """pid's descendants and the members of the session it leads (from /proc)."""
+def process_tree(pid):
+    """pid's descendants and the members of the session it leads (from /proc;
+    pid itself too when it leads a session). Also tests/_procs.py's cleanup."""
     table = {}
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -208,7 +209,7 @@ class Supervisor:
                     if all_done is not None and self.ending is None:
                         _say(f"every rank exited but {os.path.basename(cmd[0])} did not within "
                              f"{GRACE_S:.0f} s; ending it")
-                    for pid in [self.proc.pid] + sorted(_tree(self.proc.pid)):
+                    for pid in [self.proc.pid] + sorted(process_tree(self.proc.pid)):
                         try:
                             os.kill(pid, signal.SIGKILL)
                         except ProcessLookupError:
@@ -218,7 +219,7 @@ class Supervisor:
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
-            for pid in sorted(_tree(self.proc.pid)):  # nothing of the job stays behind here
+            for pid in sorted(process_tree(self.proc.pid)):  # nothing of the job stays behind here
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
