@@ -8,7 +8,6 @@ data falls on synthetic data with real signal, to about the same value.
 """
 import copy
 
-import pytest
 import torch
 
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
@@ -16,6 +15,7 @@ from torchrec.models.dlrm import DLRM
 
 import ipex_train
 import ipex_train.torchrec as itr
+from tests.torchrec._stepwise import bce, check_matches_torchrec
 
 ROWS = [40, 7, 120, 33]
 DIM, DENSE_IN = 8, 5
@@ -56,11 +56,6 @@ class Data:
         return dense, kjt, labels
 
 
-def bce(model, dense, kjt, labels):
-    return torch.nn.functional.binary_cross_entropy_with_logits(
-        model(dense, kjt).squeeze(1).float(), labels)
-
-
 def test_fuse_embeddings_swaps_the_dlrm_tables():
     model = make_dlrm()
     tables = {id(p) for p in model.sparse_arch.embedding_bag_collection.parameters()}
@@ -80,24 +75,8 @@ def test_fp32_matches_torchrec_step_by_step():
     ours = itr.fuse_embeddings(copy.deepcopy(ref), optimizer="sgd", lr=lr)
     ref_opt = torch.optim.SGD(ref.parameters(), lr=lr)
     opt = ipex_train.optim.SGD(itr.dense_parameters(ours), lr=lr)
-    for step in range(5):
-        batch = data.batch(16, seed=step)
-        losses = []
-        for model, o in ((ref, ref_opt), (ours, opt)):
-            loss = bce(model, *batch)
-            o.zero_grad()
-            loss.backward()
-            o.step()
-            losses.append(loss.item())
-        assert losses[1] == pytest.approx(losses[0], rel=1e-5), step
-    got = ours.sparse_arch.embedding_bag_collection.table_weights()
-    for name, bag in ref.sparse_arch.embedding_bag_collection.embedding_bags.items():
-        torch.testing.assert_close(got[name], bag.weight.detach(), rtol=1e-5, atol=1e-6)
-    ref_dense = [(n, p) for n, p in ref.named_parameters() if "sparse_arch" not in n]
-    ours_dense = list(itr.dense_parameters(ours))
-    assert len(ref_dense) == len(ours_dense)
-    for (n, a), b in zip(ref_dense, ours_dense):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    check_matches_torchrec(ref, ref_opt, ours, opt,
+                           [data.batch(16, seed=step) for step in range(5)])
 
 
 def train_and_eval(dtype, steps=30):

@@ -12,6 +12,7 @@ from torchrec.models.dlrm import DLRM_DCN
 
 import ipex_train
 import ipex_train.torchrec as itr
+from tests.torchrec._stepwise import check_matches_torchrec
 
 ROWS = [40, 7, 120, 33, 5]
 BAGS = [3, 1, 6, 2, 4]  # most lookups per sample of each feature (lengths 0..BAGS[i])
@@ -50,23 +51,6 @@ def test_dlrm_dcn_fp32_matches_torchrec_step_by_step(rule):
     ours_cls = {"sgd": ipex_train.optim.SGD, "adagrad": ipex_train.optim.Adagrad}[rule]
     ref_opt = torch_cls(ref.parameters(), lr=lr)
     opt = ours_cls(itr.dense_parameters(ours), lr=lr)
-    for step in range(4):
-        dense, kjt, labels = batch(16, seed=step)
-        losses = []
-        for model, o in ((ref, ref_opt), (ours, opt)):
-            logits = model(dense, kjt).squeeze(1)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-            o.zero_grad()
-            loss.backward()
-            o.step()
-            losses.append(loss.item())
-        assert losses[1] == pytest.approx(losses[0], rel=1e-5), step
-    got = ours.sparse_arch.embedding_bag_collection.table_weights()
-    for name, bag in ref.sparse_arch.embedding_bag_collection.embedding_bags.items():
-        torch.testing.assert_close(got[name], bag.weight.detach(), rtol=1e-5, atol=1e-6)
-    ref_dense = [(n, p) for n, p in ref.named_parameters() if "sparse_arch" not in n]
-    ours_dense = list(itr.dense_parameters(ours))
-    assert len(ref_dense) == len(ours_dense)
-    assert any("crossnet" in n for n, _ in ref_dense)
-    for (n, a), b in zip(ref_dense, ours_dense):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{n}: {m}")
+    names = check_matches_torchrec(ref, ref_opt, ours, opt,
+                                   [batch(16, seed=step) for step in range(4)])
+    assert any("crossnet" in n for n in names)
