@@ -34,7 +34,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -47,6 +46,8 @@ from dlrm.model import mlp  # noqa: E402
 from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters, fmt,  # noqa: E402
+                          print_rates, ratio, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 
 LR = 0.05
@@ -101,16 +102,11 @@ def stock_steps(cfg):
     dense = StockDense(cfg)
     opt = torch.optim.SGD(list(bags.parameters()) + list(dense.parameters()), lr=LR)
 
-    def step(b, autocast):
+    def forward(b):
         off = torch.arange(b.labels.shape[0])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            emb = torch.stack([bag(b.sparse[:, t].contiguous(), off) for t, bag in enumerate(bags)], 1)
-            logits = dense(b.dense, emb)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (lambda b: step(b, False)), (lambda b: step(b, True))
+        emb = torch.stack([bag(b.sparse[:, t].contiguous(), off) for t, bag in enumerate(bags)], 1)
+        return dense(b.dense, emb)
+    return autocast_steps(forward, opt)
 
 
 def torchrec_steps(cfg, data):
@@ -119,35 +115,21 @@ def torchrec_steps(cfg, data):
     or a string saying why it cannot run, for both."""
     try:
         import fbgemm_gpu  # noqa: F401
-        from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+        from torchrec import KeyedJaggedTensor
         from torchrec.models.dlrm import DLRM
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection  # noqa: F401
     except ImportError as e:
         return (f"not installed ({e.name})",) * 2
-    rows, dim = cfg.table_sizes(), cfg.embedding_dim
-    keys = [f"f{t}" for t in range(NUM_SPARSE)]
-    tables = [EmbeddingBagConfig(name=f"t{t}", embedding_dim=dim, num_embeddings=n,
-                                 feature_names=[keys[t]]) for t, n in enumerate(rows)]
-    ebc = FusedEmbeddingBagCollection(tables=tables, optimizer_type=torch.optim.SGD,
-                                      optimizer_kwargs={"lr": LR}, device=torch.device("cpu"))
+    keys, ebc = torchrec_tables(cfg.table_sizes(), cfg.embedding_dim, torch.optim.SGD, LR)
     bottom, top = cfg.mlp_sizes()
     model = DLRM(embedding_bag_collection=ebc, dense_in_features=NUM_DENSE,
                  dense_arch_layer_sizes=bottom, over_arch_layer_sizes=top)
-    fused = {id(p) for p in ebc.parameters()}
-    opt = torch.optim.SGD([p for p in model.parameters() if id(p) not in fused], lr=LR)
+    opt = torch.optim.SGD(dense_parameters(model, ebc), lr=LR)
     kjts = [KeyedJaggedTensor.from_lengths_sync(
         keys=keys, values=b.sparse.t().contiguous().view(-1),
         lengths=torch.ones(NUM_SPARSE * b.labels.shape[0], dtype=torch.int32)) for b in data]
     inputs = {id(b): k for b, k in zip(data, kjts)}
-
-    def step(b, autocast):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(b.dense, inputs[id(b)]).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (lambda b: step(b, False)), (lambda b: step(b, True))
+    return autocast_steps(lambda b: model(b.dense, inputs[id(b)]).squeeze(1), opt)
 
 
 def gemm_bound(cfg, dtype, rounds, clock):
@@ -247,14 +229,6 @@ def distributed(args, backend):
     return "failed:\n" + "\n".join(o[-2000:] for o in outs)
 
 
-def fmt(x):
-    return f"{x:10.0f} samples/s" if isinstance(x, float) else x
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
-
-
 def cpu_name():
     """'model name (family F model M)' from /proc/cpuinfo (VMs often shorten the name)."""
     info = {}
@@ -266,10 +240,6 @@ def cpu_name():
         return "unknown CPU"
     return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} " \
            f"model {info.get('model', '?')})"
-
-
-VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autocast",
-            "ours fp32", "ours bf16"]
 
 
 def sweep(args, steps, data, n_threads):
@@ -285,15 +255,7 @@ def sweep(args, steps, data, n_threads):
     rate = {k: (b / t[k][0] if k in t else steps[k]) for k in VARIANTS}
     what = "CPU ms/step (process time)" if args.clock == "cpu" else "ms/step"
     print(f"\n== {n_threads} thread(s) ==  {what} min / median over {args.steps} rounds")
-    for k in VARIANTS:
-        ms = f"{t[k][0] * 1e3:7.1f} / {t[k][1] * 1e3:7.1f} ms" if k in t else " " * 20
-        print(f"  {k:22s} {ms}  {fmt(rate[k])}", flush=True)
-    r = lambda a, c: ratio(rate[a], rate[c])  # noqa: E731
-    print(f"  ours bf16 / stock fp32 {r('ours bf16', 'stock fp32')} (target >= 3x), "
-          f"/ stock + autocast {r('ours bf16', 'stock + autocast')} (target >= 1.8x), "
-          f"/ TorchRec + autocast {r('ours bf16', 'TorchRec + autocast')} (target >= 2x)")
-    print(f"  ours fp32 / stock fp32 {r('ours fp32', 'stock fp32')} (target >= 1.4x), "
-          f"/ TorchRec fp32 {r('ours fp32', 'TorchRec fp32')}")
+    print_rates(t, rate, ("3x", "1.8x", "2x", "1.4x"), ms_width=7, rate_width=10)
     for dt, name in ((torch.float32, "ours fp32"), (torch.bfloat16, "ours bf16")):
         secs, flops = bound[dt]
         share = f"{secs / t[name][0]:.0%}" if name in t else "n/a"

@@ -41,6 +41,8 @@ sys.path[:] = [os.path.join(ROOT, "examples")] + [
     p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.append(HERE)
 
+from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters,  # noqa: E402
+                          print_rates, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 from dlrm.config import NUM_DENSE, NUM_SPARSE, model_config  # noqa: E402
 from dlrm.data import SyntheticCriteo, bag_columns  # noqa: E402
@@ -87,15 +89,10 @@ def stock_steps(cfg):
     dense = StockDCN(cfg)
     opt = torch.optim.Adagrad(list(bags.parameters()) + list(dense.parameters()), lr=LR)
 
-    def step(b, autocast):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            emb = torch.stack([bag(b.sparse[:, s:e]) for bag, (s, e) in zip(bags, cols)], 1)
-            logits = dense(b.dense, emb)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (lambda b: step(b, False)), (lambda b: step(b, True))
+    def forward(b):
+        emb = torch.stack([bag(b.sparse[:, s:e]) for bag, (s, e) in zip(bags, cols)], 1)
+        return dense(b.dense, emb)
+    return autocast_steps(forward, opt)
 
 
 def torchrec_steps(cfg, data):
@@ -103,24 +100,19 @@ def torchrec_steps(cfg, data):
     FBGEMM's fused CPU tables, or the reason it cannot run, for both."""
     try:
         import fbgemm_gpu  # noqa: F401
-        from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
+        from torchrec import KeyedJaggedTensor
         from torchrec.models.dlrm import DLRM_DCN
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
+        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection  # noqa: F401
         from torchrec.optim import RowWiseAdagrad
     except ImportError as e:
         return (f"not installed ({e.name})",) * 2
-    rows, dim, sizes = cfg.table_sizes(), cfg.embedding_dim, cfg.bag_sizes()
-    keys = [f"f{t}" for t in range(NUM_SPARSE)]
-    tables = [EmbeddingBagConfig(name=f"t{t}", embedding_dim=dim, num_embeddings=n,
-                                 feature_names=[keys[t]]) for t, n in enumerate(rows)]
-    ebc = FusedEmbeddingBagCollection(tables=tables, optimizer_type=RowWiseAdagrad,
-                                      optimizer_kwargs={"lr": LR}, device=torch.device("cpu"))
+    sizes = cfg.bag_sizes()
+    keys, ebc = torchrec_tables(cfg.table_sizes(), cfg.embedding_dim, RowWiseAdagrad, LR)
     bottom, top = cfg.mlp_sizes()
     model = DLRM_DCN(embedding_bag_collection=ebc, dense_in_features=NUM_DENSE,
                      dense_arch_layer_sizes=bottom, over_arch_layer_sizes=top,
                      dcn_num_layers=cfg.cross_layers, dcn_low_rank_dim=cfg.cross_rank)
-    fused = {id(p) for p in ebc.parameters()}
-    opt = torch.optim.Adagrad([p for p in model.parameters() if id(p) not in fused], lr=LR)
+    opt = torch.optim.Adagrad(dense_parameters(model, ebc), lr=LR)
     cols = bag_columns(sizes)
     kjts = {}
     for b in data:
@@ -129,15 +121,7 @@ def torchrec_steps(cfg, data):
         lengths = torch.cat([torch.full((B,), k, dtype=torch.int32) for k in sizes])
         kjts[id(b)] = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values,
                                                           lengths=lengths)
-
-    def step(b, autocast):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logits = model(b.dense, kjts[id(b)]).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), b.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return (lambda b: step(b, False)), (lambda b: step(b, True))
+    return autocast_steps(lambda b: model(b.dense, kjts[id(b)]).squeeze(1), opt)
 
 
 def components(trainer, b, rounds):
@@ -164,18 +148,6 @@ def components(trainer, b, rounds):
     }
     t = interleaved(parts, rounds, 1)
     return {k: v[0] for k, v in t.items()}
-
-
-VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autocast",
-            "ours fp32", "ours bf16"]
-
-
-def fmt(x):
-    return f"{x:8.0f} samples/s" if isinstance(x, float) else x
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) else "n/a"
 
 
 def main():
@@ -212,15 +184,7 @@ def main():
                     args.steps, args.warmup)
     rate = {k: (args.batch_size / t[k][0] if k in t else steps[k]) for k in VARIANTS}
     print(f"ms/step min / median over {args.steps} rounds")
-    for k in VARIANTS:
-        ms = f"{t[k][0] * 1e3:8.1f} / {t[k][1] * 1e3:8.1f} ms" if k in t else " " * 22
-        print(f"  {k:22s} {ms}  {fmt(rate[k])}", flush=True)
-    r = lambda a, c: ratio(rate[a], rate[c])  # noqa: E731
-    print(f"  ours bf16 / stock fp32 {r('ours bf16', 'stock fp32')} (target >= 3x), "
-          f"/ stock + autocast {r('ours bf16', 'stock + autocast')} (target >= 2x), "
-          f"/ TorchRec + autocast {r('ours bf16', 'TorchRec + autocast')} (target >= 2x)")
-    print(f"  ours fp32 / stock fp32 {r('ours fp32', 'stock fp32')} (target >= 1.8x), "
-          f"/ TorchRec fp32 {r('ours fp32', 'TorchRec fp32')}")
+    print_rates(t, rate, ("3x", "2x", "2x", "1.8x"), ms_width=8, rate_width=8)
     for k, tr in ours.items():
         parts = components(tr, data[0], max(2, args.steps // 2))
         parts["other"] = max(0.0, t[k][0] - sum(parts.values()))
