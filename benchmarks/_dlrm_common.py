@@ -7,6 +7,17 @@ VARIANTS = ["stock fp32", "stock + autocast", "TorchRec fp32", "TorchRec + autoc
             "ours fp32", "ours bf16"]
 
 
+def stock_tables(cfg):
+    """The stock baselines' tables: an nn.EmbeddingBag(sparse=True) per table,
+    summing, with the examples/dlrm trainer's initial values."""
+    from dlrm.embeddings import initial_table
+
+    dim = cfg.embedding_dim
+    return torch.nn.ModuleList(
+        torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True, _weight=initial_table(n, dim, 0, t))
+        for t, n in enumerate(cfg.table_sizes()))
+
+
 def autocast_steps(forward, opt):
     """(fp32 step, bf16-autocast step): BCE on forward(batch)'s logits, then `opt`."""
     def step(b, autocast):

@@ -41,13 +41,13 @@ sys.path.append(ROOT)  # tests._procs: the shared process launcher
 
 from dlrm.config import NUM_DENSE, NUM_SPARSE, Config  # noqa: E402
 from dlrm.data import SyntheticCriteo  # noqa: E402
-from dlrm.embeddings import fused_available, initial_table  # noqa: E402
+from dlrm.embeddings import fused_available  # noqa: E402
 from dlrm.model import mlp  # noqa: E402
 from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters, fmt,  # noqa: E402
-                          print_rates, ratio, torchrec_tables)
+                          print_rates, ratio, stock_tables, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 
 LR = 0.05
@@ -94,10 +94,7 @@ class StockDense(torch.nn.Module):
 
 def stock_steps(cfg):
     """(fp32 step, bf16-autocast step) of one stock model (shared tables)."""
-    rows, dim = cfg.table_sizes(), cfg.embedding_dim
-    bags = torch.nn.ModuleList(
-        torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True, _weight=initial_table(n, dim, 0, t))
-        for t, n in enumerate(rows))
+    bags = stock_tables(cfg)
     torch.manual_seed(0)
     dense = StockDense(cfg)
     opt = torch.optim.SGD(list(bags.parameters()) + list(dense.parameters()), lr=LR)
@@ -117,7 +114,8 @@ def torchrec_steps(cfg, data):
         import fbgemm_gpu  # noqa: F401
         from torchrec import KeyedJaggedTensor
         from torchrec.models.dlrm import DLRM
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection  # noqa: F401
+        from torchrec.modules.fused_embedding_modules import (  # noqa: F401
+            FusedEmbeddingBagCollection)  # used by torchrec_tables
     except ImportError as e:
         return (f"not installed ({e.name})",) * 2
     keys, ebc = torchrec_tables(cfg.table_sizes(), cfg.embedding_dim, torch.optim.SGD, LR)

@@ -42,12 +42,11 @@ sys.path[:] = [os.path.join(ROOT, "examples")] + [
 sys.path.append(HERE)
 
 from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters,  # noqa: E402
-                          print_rates, torchrec_tables)
+                          print_rates, stock_tables, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 from dlrm.config import NUM_DENSE, NUM_SPARSE, model_config  # noqa: E402
 from dlrm.data import SyntheticCriteo, bag_columns  # noqa: E402
 from dlrm.dcn import LowRankCross  # noqa: E402
-from dlrm.embeddings import initial_table  # noqa: E402
 from dlrm.model import mlp, run_mlp  # noqa: E402
 
 LR = 0.004
@@ -81,10 +80,8 @@ class StockDCN(torch.nn.Module):
 
 def stock_steps(cfg):
     """(fp32 step, bf16-autocast step) of one stock model."""
-    rows, dim, cols = cfg.table_sizes(), cfg.embedding_dim, bag_columns(cfg.bag_sizes())
-    bags = torch.nn.ModuleList(
-        torch.nn.EmbeddingBag(n, dim, mode="sum", sparse=True, _weight=initial_table(n, dim, 0, t))
-        for t, n in enumerate(rows))
+    cols = bag_columns(cfg.bag_sizes())
+    bags = stock_tables(cfg)
     torch.manual_seed(0)
     dense = StockDCN(cfg)
     opt = torch.optim.Adagrad(list(bags.parameters()) + list(dense.parameters()), lr=LR)
@@ -102,7 +99,8 @@ def torchrec_steps(cfg, data):
         import fbgemm_gpu  # noqa: F401
         from torchrec import KeyedJaggedTensor
         from torchrec.models.dlrm import DLRM_DCN
-        from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection  # noqa: F401
+        from torchrec.modules.fused_embedding_modules import (  # noqa: F401
+            FusedEmbeddingBagCollection)  # used by torchrec_tables
         from torchrec.optim import RowWiseAdagrad
     except ImportError as e:
         return (f"not installed ({e.name})",) * 2
