@@ -4,7 +4,16 @@ same losses every step and the same tables and dense weights at the end."""
 import pytest
 import torch
 
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
+
 import ipex_train.torchrec as itr
+
+
+def make_ebc(rows, dim):
+    """Table t{i} of rows[i] rows and width `dim` reads feature f{i}."""
+    return EmbeddingBagCollection(tables=[
+        EmbeddingBagConfig(name=f"t{i}", num_embeddings=r, embedding_dim=dim,
+                           feature_names=[f"f{i}"]) for i, r in enumerate(rows)])
 
 
 def bce(model, dense, kjt, labels):

@@ -25,26 +25,17 @@ from torch import nn
 
 import torchrec
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
 from torchrec.distributed.planner.types import ParameterConstraints
 from torchrec.distributed.types import ShardingType
-from torchrec.modules.embedding_configs import PoolingType
 
-LR = 0.05
-STEPS = 3
-BATCH = 5  # per rank
-TABLES = [  # name, rows, dim, features, pooling
-    ("t0", 23, 8, ["f0"], PoolingType.SUM),
-    ("t1", 9, 4, ["f1"], PoolingType.SUM),
-    ("t2", 17, 8, ["f2"], PoolingType.MEAN),
-    ("t3", 31, 4, ["f3", "f4"], PoolingType.SUM),  # one table, two features
-]
-FEATURES = [f for t in TABLES for f in t[3]]
-ROWS = {f: t[1] for t in TABLES for f in t[3]}
+from _worker_data import LR, STEPS, batch, table_specs
+
+TABLES = table_specs(t1_dim=4)
 
 
 class Model(nn.Module):
@@ -64,18 +55,6 @@ class Model(nn.Module):
         # sharded EBCs may order the keys differently: fix the order here
         d = kt.to_dict()
         return self.lin(torch.cat([d[k] for k in sorted(d)], dim=1)).squeeze(1)
-
-
-def batch(step, rank, world):
-    """Deterministic KJT for (step, rank) and its labels; bags of 0..3 ids."""
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    lengths = torch.randint(0, 4, (len(FEATURES), BATCH), generator=g)
-    values = [torch.randint(0, ROWS[f], (int(lengths[i].sum()),), generator=g)
-              for i, f in enumerate(FEATURES)]
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=FEATURES, values=torch.cat(values), lengths=lengths.flatten())
-    labels = torch.randint(0, 2, (BATCH,), generator=g).float()
-    return kjt, labels
 
 
 def loss_fn(logits, labels):
@@ -145,7 +124,7 @@ def main():
     dense_opt = torch.optim.SGD(dense, lr=LR)
     ref_opt = torch.optim.SGD(reference.parameters(), lr=LR)
     for step in range(STEPS):
-        kjt, labels = batch(step, rank, world)
+        kjt, labels = batch(step, rank)
         loss = loss_fn(dmp(kjt), labels)
         dense_opt.zero_grad()
         loss.backward()  # embedding shards update here (fused EXACT_SGD)
@@ -154,7 +133,7 @@ def main():
         # reference: the mean of every rank's loss on the unsharded model
         ref_opt.zero_grad()
         losses = [loss_fn(reference(k), y) for k, y in
-                  (batch(step, r, world) for r in range(world))]
+                  (batch(step, r) for r in range(world))]
         torch.testing.assert_close(loss.detach(), losses[rank].detach(),
                                    rtol=1e-5, atol=1e-6)
         (sum(losses) / world).backward()

@@ -45,15 +45,9 @@ from torchrec.streamable import Pipelineable
 
 import ipex_train.torchrec as itr
 
-LR = 0.05
-STEPS = 3
-BATCH = 5  # per rank
-TABLES = [  # name, rows, dim, features, pooling
-    ("t0", 23, 8, ["f0"], PoolingType.SUM),
-    ("t1", 9, 6, ["f1"], PoolingType.SUM),
-    ("t2", 17, 8, ["f2"], PoolingType.MEAN),
-    ("t3", 31, 4, ["f3", "f4"], PoolingType.SUM),  # one table, two features
-]
+from _worker_data import BATCH, FEATURES, LR, STEPS, batch, table_specs
+
+TABLES = table_specs(t1_dim=6)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -66,10 +60,6 @@ def tables(weighted):
                                feature_names=list(fs) if SHARED else fs[:1],
                                pooling=PoolingType.SUM if weighted else p)
             for n, r, d, fs, p in TABLES]
-
-
-FEATURES = [f for t in TABLES for f in t[3]]
-ROWS = {f: t[1] for t in TABLES for f in t[3]}
 
 
 def width():
@@ -97,19 +87,6 @@ def sorted_values(kt):
     them otherwise); a leaf for the pipeline's fx tracer."""
     d = kt.to_dict()
     return torch.cat([d[k] for k in sorted(d)], dim=1)
-
-
-def batch(step, rank, weighted):
-    """Deterministic KJT for (step, rank) and its labels; bags of 0..3 ids."""
-    g = torch.Generator().manual_seed(1000 * step + rank)
-    lengths = torch.randint(0, 4, (len(FEATURES), BATCH), generator=g)
-    values = torch.cat([torch.randint(0, ROWS[f], (int(lengths[i].sum()),), generator=g)
-                        for i, f in enumerate(FEATURES)])
-    weights = torch.rand(values.numel(), generator=g) + 0.5 if weighted else None
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=FEATURES, values=values,
-                                              lengths=lengths.flatten(), weights=weights)
-    labels = torch.randint(0, 2, (BATCH,), generator=g).float()
-    return kjt, labels
 
 
 def global_batch(step, world, weighted):

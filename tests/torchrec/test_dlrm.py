@@ -10,12 +10,12 @@ import copy
 
 import torch
 
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
 
 import ipex_train
 import ipex_train.torchrec as itr
-from tests.torchrec._stepwise import bce, check_matches_torchrec
+from tests.torchrec._stepwise import bce, check_matches_torchrec, make_ebc
 
 ROWS = [40, 7, 120, 33]
 DIM, DENSE_IN = 8, 5
@@ -24,10 +24,7 @@ FEATURES = [f"f{i}" for i in range(len(ROWS))]
 
 def make_dlrm(seed=0):
     torch.manual_seed(seed)
-    ebc = EmbeddingBagCollection(tables=[
-        EmbeddingBagConfig(name=f"t{i}", num_embeddings=r, embedding_dim=DIM,
-                           feature_names=[FEATURES[i]]) for i, r in enumerate(ROWS)])
-    return DLRM(embedding_bag_collection=ebc, dense_in_features=DENSE_IN,
+    return DLRM(embedding_bag_collection=make_ebc(ROWS, DIM), dense_in_features=DENSE_IN,
                 dense_arch_layer_sizes=[16, DIM], over_arch_layer_sizes=[16, 1])
 
 

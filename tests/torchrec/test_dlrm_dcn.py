@@ -7,12 +7,12 @@ import copy
 import pytest
 import torch
 
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec import KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM_DCN
 
 import ipex_train
 import ipex_train.torchrec as itr
-from tests.torchrec._stepwise import check_matches_torchrec
+from tests.torchrec._stepwise import check_matches_torchrec, make_ebc
 
 ROWS = [40, 7, 120, 33, 5]
 BAGS = [3, 1, 6, 2, 4]  # most lookups per sample of each feature (lengths 0..BAGS[i])
@@ -22,10 +22,7 @@ FEATURES = [f"f{i}" for i in range(len(ROWS))]
 
 def make_dcn(seed=0):
     torch.manual_seed(seed)
-    ebc = EmbeddingBagCollection(tables=[
-        EmbeddingBagConfig(name=f"t{i}", num_embeddings=r, embedding_dim=DIM,
-                           feature_names=[FEATURES[i]]) for i, r in enumerate(ROWS)])
-    return DLRM_DCN(embedding_bag_collection=ebc, dense_in_features=DENSE_IN,
+    return DLRM_DCN(embedding_bag_collection=make_ebc(ROWS, DIM), dense_in_features=DENSE_IN,
                     dense_arch_layer_sizes=[16, DIM], over_arch_layer_sizes=[16, 1],
                     dcn_num_layers=3, dcn_low_rank_dim=4)
 
