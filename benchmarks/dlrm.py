@@ -41,7 +41,6 @@ sys.path.append(ROOT)  # tests._procs: the shared process launcher
 
 from dlrm.config import NUM_DENSE, NUM_SPARSE, Config  # noqa: E402
 from dlrm.data import SyntheticCriteo  # noqa: E402
-from dlrm.embeddings import fused_available  # noqa: E402
 from dlrm.model import mlp  # noqa: E402
 from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
 
@@ -56,7 +55,7 @@ LR = 0.05
 def make_cfg(args, dtype):
     return Config(max_rows=args.max_rows, embedding_dim=64, bottom_mlp="512-256-64",
                   top_mlp="512-512-256-1", batch_size=args.batch_size, dtype=dtype,
-                  embeddings="fused" if fused_available() else "torch", emb_optimizer="sgd",
+                  embeddings="fused", emb_optimizer="sgd",
                   lr=LR, emb_lr=LR, backend="gloo").check()
 
 

@@ -29,11 +29,6 @@ def initial_table(rows, dim, seed, table):
     return torch.rand(rows, dim, generator=g).mul_(2 * bound).sub_(bound)
 
 
-def fused_available():
-    """Always True (benchmarks/dlrm.py still asks)."""
-    return True
-
-
 class LocalTables(nn.Module):
     """Tables ``ids`` (global feature numbers) of ``rows[t]`` x ``dim``.
 
