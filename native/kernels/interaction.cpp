@@ -34,32 +34,70 @@ static void load_rows(const InteractionInputs& in, int64_t b, int64_t dpad, floa
   }
 }
 
-// s_l += s_{l+8}, += s_{l+4}, += s_{l+2}, then s_0 + s_1. Written on GCC
-// vector types so the first two levels are 8- and 4-wide adds at every level
-// (a plain loop over s[] was scalarized: ~30 instructions a pair).
-typedef float ipt_v8 __attribute__((vector_size(32)));
-typedef float ipt_v4 __attribute__((vector_size(16)));
+// Sixteen lanes as one GCC vector: at AVX-512 one register, at AVX2 two, at
+// the baseline four; elementwise semantics (and so the bits) are the same.
+typedef float ipt_v16 __attribute__((vector_size(64)));
+typedef int ipt_i16 __attribute__((vector_size(64)));
 
-static inline float halving_tree(const float* s) {
-  ipt_v8 lo8, hi8;
-  __builtin_memcpy(&lo8, s, sizeof lo8);
-  __builtin_memcpy(&hi8, s + 8, sizeof hi8);
-  const ipt_v8 s8 = lo8 + hi8;
-  ipt_v4 lo4, hi4;
-  __builtin_memcpy(&lo4, &s8, sizeof lo4);
-  __builtin_memcpy(&hi4, reinterpret_cast<const char*>(&s8) + sizeof lo4, sizeof hi4);
-  const ipt_v4 s4 = lo4 + hi4;
-  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+static inline ipt_v16 load16(const float* p) {
+  ipt_v16 v;
+  __builtin_memcpy(&v, p, sizeof v);
+  return v;
 }
 
-// out[k] = <a, b_k> for the NJ rows b_k = b + k * dpad (one pass over a).
-template <int NJ>
-static inline void dots(const float* a, const float* b, int64_t dpad, float* out) {
-  float s[NJ][kLanes] = {};
-  for (int64_t c = 0; c < dpad; c += kLanes)
-    for (int k = 0; k < NJ; ++k)
-      for (int l = 0; l < kLanes; ++l) s[k][l] = s[k][l] + a[c + l] * b[k * dpad + c + l];
-  for (int k = 0; k < NJ; ++k) out[k] = halving_tree(s[k]);
+// Two-source lane pick: lanes of a are 0..15, lanes of b 16..31.
+#define IPT_PICK(a, b, ...) __builtin_shuffle((a), (b), ipt_i16{__VA_ARGS__})
+
+// out[k] = halving tree of s[k] for 16 lane-sum vectors at once: each level
+// adds the same lane pairs as the per-dot tree (s_l + s_{l+8}, s_l + s_{l+4},
+// s_l + s_{l+2}, s_0 + s_1, left operand the lower lane), with two dots'
+// halves packed per register, so the bits equal 16 separate trees.
+static inline void halving_trees16(const ipt_v16* s, float* out) {
+  ipt_v16 x[8], y[4], z[2];
+  for (int q = 0; q < 8; ++q)  // lanes 0-7: dot 2q's s_l + s_{l+8}; 8-15: dot 2q+1's
+    x[q] = IPT_PICK(s[2 * q], s[2 * q + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+           IPT_PICK(s[2 * q], s[2 * q + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                    30, 31);
+  for (int q = 0; q < 4; ++q)  // four dots x 4 lanes: + s_{l+4}
+    y[q] = IPT_PICK(x[2 * q], x[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+           IPT_PICK(x[2 * q], x[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                    31);
+  for (int q = 0; q < 2; ++q)  // eight dots x 2 lanes: + s_{l+2}
+    z[q] = IPT_PICK(y[2 * q], y[2 * q + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+           IPT_PICK(y[2 * q], y[2 * q + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                    31);
+  const ipt_v16 w = IPT_PICK(z[0], z[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+                    IPT_PICK(z[0], z[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  __builtin_memcpy(out, &w, sizeof w);
+}
+#undef IPT_PICK
+
+// out[p] = <rows + ia[p], rows + ja[p]> for 16 pairs p (ia, ja: element
+// offsets of the two rows): lane sums over NC 16-chunks in ascending order
+// (NC = 0: nc at run time), then the trees. One pair at a time keeps the
+// register count low; the 16 independent sums overlap in the pipeline.
+template <int NC>
+static inline void dots16(const float* rows, const int64_t* ia, const int64_t* ja, int64_t nc,
+                          float* out) {
+  ipt_v16 s[16];
+  for (int p = 0; p < 16; ++p) {
+    const float* a = rows + ia[p];
+    const float* b = rows + ja[p];
+    ipt_v16 acc = ipt_v16{};
+    if (NC > 0) {
+      for (int c = 0; c < NC; ++c) acc = acc + load16(a + c * kLanes) * load16(b + c * kLanes);
+    } else {
+      for (int64_t c = 0; c < nc; ++c) acc = acc + load16(a + c * kLanes) * load16(b + c * kLanes);
+    }
+    s[p] = acc;
+  }
+  halving_trees16(s, out);
+}
+
+template <int NC>
+static void all_dots(const float* rows, const int64_t* ia, const int64_t* ja, int64_t groups,
+                     int64_t nc, float* z) {
+  for (int64_t g = 0; g < groups; ++g) dots16<NC>(rows, ia + g * 16, ja + g * 16, nc, z + g * 16);
 }
 
 // acc[0 .. NB*16) = sum_{j != skip, ascending} g[j] * rows[j][d0 ..].
@@ -89,23 +127,32 @@ inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
 
 template <class T>
 static void forward_rows(const InteractionInputs& in, T* out, int64_t begin, int64_t end) {
-  const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
-  const int64_t width = d + n * (n - 1) / 2;
-  std::vector<float> rows(n * dpad), z(n * (n - 1) / 2 + 1);
+  const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d), nc = dpad / kLanes;
+  const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
+  const int64_t groups = (pairs + 15) / 16;
+  // Pair k = (i, j) of the strict lower triangle, row-major, as the rows'
+  // offsets in the scratch block; the last group is padded with (0, 0),
+  // whose dots are computed and dropped.
+  std::vector<int64_t> ia(groups * 16, 0), ja(groups * 16, 0);
+  for (int64_t i = 1, k = 0; i < n; ++i)
+    for (int64_t j = 0; j < i; ++j, ++k) {
+      ia[k] = i * dpad;
+      ja[k] = j * dpad;
+    }
+  std::vector<float> rows(n * dpad), z(groups * 16);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
     T* o = out + b * width;
     const T* dense = static_cast<const T*>(in.dense) + b * in.dense_stride;
     for (int64_t k = 0; k < d; ++k) o[k] = dense[k];  // bit copy in the input dtype
-    float* zi = z.data();
-    for (int64_t i = 1; i < n; ++i) {
-      const float* ti = rows.data() + i * dpad;
-      int64_t j = 0;
-      for (; j + 4 <= i; j += 4) dots<4>(ti, rows.data() + j * dpad, dpad, zi + j);
-      for (; j < i; ++j) dots<1>(ti, rows.data() + j * dpad, dpad, zi + j);
-      zi += i;
+    switch (nc) {  // the common widths (D up to 128) with a compile-time chunk count
+      case 1: all_dots<1>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
+      case 2: all_dots<2>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
+      case 4: all_dots<4>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
+      case 8: all_dots<8>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
+      default: all_dots<0>(rows.data(), ia.data(), ja.data(), groups, nc, z.data());
     }
-    store(o + d, z.data(), n * (n - 1) / 2);
+    store(o + d, z.data(), pairs);
   }
 }
 
