@@ -100,18 +100,26 @@ static void all_dots(const float* rows, const int64_t* ia, const int64_t* ja, in
   for (int64_t g = 0; g < groups; ++g) dots16<NC>(rows, ia + g * 16, ja + g * 16, nc, z + g * 16);
 }
 
-// acc[0 .. NB*16) = sum_{j != skip, ascending} g[j] * rows[j][d0 ..].
+// acc[0 .. NB*16) = sum_{j != i, ascending} g_ij * rows[j][d0 ..], with g_ij
+// read from the strict lower triangle gz (g_ij = gz[i(i-1)/2 + j] for j < i,
+// gz[j(j-1)/2 + i] for j > i): two loops, no test of j against i.
 template <int NB>
-static inline void weighted_rows(const float* rows, const float* g, int64_t n, int64_t skip,
+static inline void weighted_rows(const float* rows, const float* gz, int64_t n, int64_t i,
                                  int64_t dpad, int64_t d0, float* acc) {
-  float a[NB * kLanes] = {};
-  for (int64_t j = 0; j < n; ++j) {
-    if (j == skip) continue;
-    const float gj = g[j];
+  ipt_v16 a[NB];
+  for (int k = 0; k < NB; ++k) a[k] = ipt_v16{};
+  const float* gi = gz + i * (i - 1) / 2;
+  for (int64_t j = 0; j < i; ++j) {
+    const float gj = gi[j];
     const float* r = rows + j * dpad + d0;
-    for (int l = 0; l < NB * kLanes; ++l) a[l] = a[l] + gj * r[l];
+    for (int k = 0; k < NB; ++k) a[k] = a[k] + gj * load16(r + k * kLanes);
   }
-  for (int l = 0; l < NB * kLanes; ++l) acc[d0 + l] = a[l];
+  for (int64_t j = i + 1; j < n; ++j) {
+    const float gj = gz[j * (j - 1) / 2 + i];
+    const float* r = rows + j * dpad + d0;
+    for (int k = 0; k < NB; ++k) a[k] = a[k] + gj * load16(r + k * kLanes);
+  }
+  __builtin_memcpy(acc + d0, a, sizeof a);
 }
 
 template <class T>
@@ -161,7 +169,7 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
                           T* grad_dense, T* grad_emb, int64_t begin, int64_t end) {
   const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
   const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
-  std::vector<float> rows(n * dpad), g(n * n), go(width), acc(dpad);
+  std::vector<float> rows(n * dpad), go(width), acc(dpad);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
     if (grad_is_bf16) {
@@ -171,16 +179,13 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
       const float* src = static_cast<const float*>(grad_out) + b * width;
       for (int64_t k = 0; k < width; ++k) go[k] = src[k];
     }
-    // Symmetric pair-gradient matrix; the diagonal is never read.
-    const float* gz = go.data() + d;
-    for (int64_t i = 1; i < n; ++i)
-      for (int64_t j = 0; j < i; ++j) g[i * n + j] = g[j * n + i] = gz[i * (i - 1) / 2 + j];
+    const float* gz = go.data() + d;  // pair gradients, strict lower triangle
     for (int64_t i = 0; i < n; ++i) {
       int64_t d0 = 0;
       for (; d0 + 4 * kLanes <= dpad; d0 += 4 * kLanes)
-        weighted_rows<4>(rows.data(), g.data() + i * n, n, i, dpad, d0, acc.data());
+        weighted_rows<4>(rows.data(), gz, n, i, dpad, d0, acc.data());
       for (; d0 < dpad; d0 += kLanes)
-        weighted_rows<1>(rows.data(), g.data() + i * n, n, i, dpad, d0, acc.data());
+        weighted_rows<1>(rows.data(), gz, n, i, dpad, d0, acc.data());
       if (i == 0) {
         for (int64_t k = 0; k < d; ++k) acc[k] = acc[k] + go[k];
         store(grad_dense + b * d, acc.data(), d);

@@ -10,7 +10,7 @@
 //   dot <a, b> over D: 16 lane sums s_l = sum_c a[16c+l] * b[16c+l]
 //       (c ascending, the tail read as zeros), then a halving tree
 //       s_l += s_{l+8}, s_l += s_{l+4}, s_l += s_{l+2}, s_0 + s_1.
-//   grad t_i = sum_{j != i, j ascending} g_ij * t_j, then (i = 0 only)
+//   grad t_i = sum_{j != i, j ascending} g_ij * t_j (from 0: 0 + first term), then (i = 0 only)
 //       + the gradient of the dense copy.
 // Each product is rounded before its add (kernels build with
 // -ffp-contract=off); tests/nn/test_interaction.py replays this order in
