@@ -100,6 +100,43 @@ static void all_dots(const float* rows, const int64_t* ia, const int64_t* ja, in
   for (int64_t g = 0; g < groups; ++g) dots16<NC>(rows, ia + g * 16, ja + g * 16, nc, z + g * 16);
 }
 
+// The lane-sum vectors of all pairs of rows i, i + 1 against rows j < i (and
+// of pair (i + 1, i)): each t_j chunk is loaded once for two pairs. s[k] is
+// pair k's vector, in output order; the trees then run 16 at a time.
+template <int NC>
+static void all_dots_rowpairs(const float* rows, int64_t n, int64_t groups, ipt_v16* s,
+                              float* z) {
+  constexpr int64_t dpad = NC * kLanes;
+  for (int64_t i = 1; i < n; i += 2) {
+    const bool two = i + 1 < n;
+    ipt_v16 a[NC], b[NC];
+    for (int c = 0; c < NC; ++c) {
+      a[c] = load16(rows + i * dpad + c * kLanes);
+      b[c] = two ? load16(rows + (i + 1) * dpad + c * kLanes) : ipt_v16{};
+    }
+    ipt_v16* si = s + i * (i - 1) / 2;
+    ipt_v16* si1 = s + (i + 1) * i / 2;
+    for (int64_t j = 0; j < i; ++j) {
+      ipt_v16 x = ipt_v16{}, y = ipt_v16{};
+      for (int c = 0; c < NC; ++c) {
+        const ipt_v16 t = load16(rows + j * dpad + c * kLanes);
+        x = x + a[c] * t;
+        y = y + b[c] * t;
+      }
+      si[j] = x;
+      if (two) si1[j] = y;
+    }
+    if (two) {
+      ipt_v16 y = ipt_v16{};
+      for (int c = 0; c < NC; ++c) y = y + b[c] * a[c];
+      si1[i] = y;
+    }
+  }
+  const int64_t pairs = n * (n - 1) / 2;
+  for (int64_t k = pairs; k < groups * 16; ++k) s[k] = ipt_v16{};  // padding: trees of zeros
+  for (int64_t g = 0; g < groups; ++g) halving_trees16(s + g * 16, z + g * 16);
+}
+
 // acc[0 .. NB*16) = sum_{j != i, ascending} g_ij * rows[j][d0 ..], with g_ij
 // read from the strict lower triangle gz (g_ij = gz[i(i-1)/2 + j] for j < i,
 // gz[j(j-1)/2 + i] for j > i): two loops, no test of j against i.
@@ -148,16 +185,17 @@ static void forward_rows(const InteractionInputs& in, T* out, int64_t begin, int
       ja[k] = j * dpad;
     }
   std::vector<float> rows(n * dpad), z(groups * 16);
+  std::vector<ipt_v16> sums(groups * 16);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
     T* o = out + b * width;
     const T* dense = static_cast<const T*>(in.dense) + b * in.dense_stride;
     for (int64_t k = 0; k < d; ++k) o[k] = dense[k];  // bit copy in the input dtype
     switch (nc) {  // the common widths (D up to 128) with a compile-time chunk count
-      case 1: all_dots<1>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
-      case 2: all_dots<2>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
-      case 4: all_dots<4>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
-      case 8: all_dots<8>(rows.data(), ia.data(), ja.data(), groups, nc, z.data()); break;
+      case 1: all_dots_rowpairs<1>(rows.data(), n, groups, sums.data(), z.data()); break;
+      case 2: all_dots_rowpairs<2>(rows.data(), n, groups, sums.data(), z.data()); break;
+      case 4: all_dots_rowpairs<4>(rows.data(), n, groups, sums.data(), z.data()); break;
+      case 8: all_dots_rowpairs<8>(rows.data(), n, groups, sums.data(), z.data()); break;
       default: all_dots<0>(rows.data(), ia.data(), ja.data(), groups, nc, z.data());
     }
     store(o + d, z.data(), pairs);
