@@ -89,8 +89,13 @@ PYBIND11_MODULE(_ccl, m) {
            py::arg("store"), py::arg("rank"), py::arg("size"), py::arg("timeout_s"))
       .def_property_readonly("aborted", &ProcessGroupCCL::aborted)
       .def_property_readonly("transfer_path", &ProcessGroupCCL::transfer_path,
-                             "\"local\" (direct reads between this host's ranks) or "
-                             "\"oneccl (why not local)\"");
+                             "\"local\" (direct reads between the ranks, all on this host), "
+                             "\"hierarchical (...)\" (all-to-all: direct reads on each host, "
+                             "oneCCL between hosts) or \"oneccl (why not local)\"")
+      .def_property_readonly("transfer_stats", &ProcessGroupCCL::transfer_stats,
+                             "bytes this rank received in all-to-all, gather and scatter from "
+                             "the others by path (direct_bytes, oneccl_bytes) and the count of "
+                             "hierarchical ops");
   m.def("prepare_exit", [] {
         py::gil_scoped_release nogil;  // a release in progress may need the GIL
         ipex_train::ccl_queue::prepare_exit();

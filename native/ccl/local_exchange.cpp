@@ -9,9 +9,11 @@
 
 #include <cerrno>
 #include <chrono>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -70,34 +72,37 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
                                                      uint64_t(getpid()) << 20 ^ std::random_device{}())),
       peers_(size) {
   // Round 1: who is where. Every rank publishes its host, pid and the address
-  // of a random nonce, then probes every peer by reading that nonce through
-  // process_vm_readv (which fails across hosts, pid namespaces, users, or under
-  // a ptrace restriction: Yama ptrace_scope >= 1 between sibling processes, a
-  // seccomp filter).
+  // of a random nonce, then probes every peer on its host by reading that
+  // nonce through process_vm_readv (which fails across pid namespaces, users,
+  // or under a ptrace restriction: Yama ptrace_scope >= 1 between sibling
+  // processes, a seccomp filter).
   std::ostringstream me;
   me << (want ? 1 : 0) << ' ' << getpid() << ' ' << reinterpret_cast<uint64_t>(nonce_.get()) << ' '
      << *nonce_ << ' ' << host_id();
   kv.set(key("info", rank), me.str());
-  std::string verdict = "1";
+  std::string verdict = want ? "1" : "turned off (IPEX_TRAIN_CCL_LOCAL=0)";
   const std::string host = host_id();
+  std::vector<std::string> hosts(size);
   for (int r = 0; r < size; ++r) {
     std::istringstream in(kv.get(key("info", r)));
     int wants = 0;
-    std::string their_host;
     in >> wants >> peers_[r].pid >> peers_[r].probe_addr >> peers_[r].nonce;
-    std::getline(in >> std::ws, their_host);
-    if (verdict != "1" || r == rank) continue;
-    if (!wants) {
+    std::getline(in >> std::ws, hosts[r]);
+    if (hosts[r] == host) members_.push_back(r);
+    if (r == rank) me_ = int(members_.size()) - 1;
+    if (!wants && verdict == "1")
       verdict = "turned off on rank " + std::to_string(r) + " (IPEX_TRAIN_CCL_LOCAL=0)";
-    } else if (their_host != host) {
-      verdict = "rank " + std::to_string(r) + " runs on another host";
-    } else if (errno = 0, !alive(r)) {
+  }
+  hosts_ = int(std::set<std::string>(hosts.begin(), hosts.end()).size());
+  for (int r : members_) {
+    if (verdict != "1") break;
+    if (r != rank && (errno = 0, !alive(r)))
       verdict = "rank " + std::to_string(rank) + " cannot read rank " + std::to_string(r) +
                 "'s memory (process_vm_readv: " +
                 (errno ? std::strerror(errno) : "found another process; a pid namespace?") + ")";
-    }
   }
-  if (!want) verdict = "turned off (IPEX_TRAIN_CCL_LOCAL=0)";
+  if (verdict == "1" && hosts_ == size && size > 1)
+    verdict = "every rank runs on a host of its own";
   // Round 2: every rank's verdict; all of them see the same set, so all agree.
   kv.set(key("probe", rank), verdict);
   for (int r = 0; r < size; ++r) {
@@ -106,12 +111,14 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
   }
   if (!reason_.empty()) return;
 
-  // Round 3: rank 0 creates the control segment, everyone maps it, rank 0
-  // unlinks the name once all have (no file is left behind, whatever happens
-  // later) and publishes the outcome.
-  shm_bytes_ = size_t(size) * (kFlagStride + slot_stride(size));
+  // Round 3, per host: its first member creates the control segment, every
+  // member maps it, the creator unlinks the name once all have (no file is
+  // left behind, whatever happens later) and publishes the outcome. A host
+  // with one member needs none.
+  const int m = int(members_.size()), leader = members_[0];
+  shm_bytes_ = size_t(m) * (kFlagStride + slot_stride(m));
   std::string name, mapped = "1";
-  if (rank == 0) {
+  if (m > 1 && rank == leader) {
     std::ostringstream n;
     n << "/ipex_train_ccl_" << getpid() << '_' << std::hex << *nonce_;
     name = n.str();
@@ -125,11 +132,11 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
       shm_ = mmap(nullptr, shm_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       close(fd);
     }
-    kv.set(key("segment"), name);
-  } else {
-    name = kv.get(key("segment"));
+    kv.set(key("segment", leader), name);
+  } else if (m > 1) {
+    name = kv.get(key("segment", leader));
     if (name.empty()) {
-      mapped = "rank 0 could not create the shared-memory segment";
+      mapped = "rank " + std::to_string(leader) + " could not create the shared-memory segment";
     } else {
       int fd = shm_open(name.c_str(), O_RDWR, 0600);
       if (fd >= 0) {
@@ -139,21 +146,25 @@ LocalExchange::LocalExchange(int rank, int size, const KeyValue& kv, bool want)
     }
   }
   if (shm_ == MAP_FAILED) shm_ = nullptr;
-  if (!shm_ && mapped == "1")
+  if (!shm_ && m > 1 && mapped == "1")
     mapped = "rank " + std::to_string(rank) + " could not map the segment: " + std::strerror(errno);
   kv.set(key("mapped", rank), mapped);
-  if (rank == 0) {
+  if (rank == leader) {
     std::string outcome = "1";
-    for (int r = 0; r < size; ++r) {
+    for (int r : members_) {
       auto v = kv.get(key("mapped", r));
       if (v != "1" && outcome == "1") outcome = v;
     }
     if (!name.empty()) shm_unlink(name.c_str());
-    kv.set(key("ready"), outcome);
+    kv.set(key("ready", leader), outcome);
   }
-  auto outcome = kv.get(key("ready"));
-  if (outcome != "1") {
-    reason_ = outcome;
+  // Round 4: every host's outcome, so that all ranks agree.
+  kv.set(key("done", rank), kv.get(key("ready", leader)));
+  for (int r = 0; r < size; ++r) {
+    auto v = kv.get(key("done", r));
+    if (v != "1" && reason_.empty()) reason_ = v;
+  }
+  if (!reason_.empty()) {
     if (shm_) munmap(shm_, shm_bytes_);
     shm_ = nullptr;
     return;
@@ -165,14 +176,15 @@ LocalExchange::~LocalExchange() {
   if (shm_) munmap(shm_, shm_bytes_);
 }
 
-bool LocalExchange::alive(int peer) const {
+bool LocalExchange::alive(int rank) const {
   uint64_t v = 0;
-  return read_remote(peers_[peer].pid, peers_[peer].probe_addr, &v, 8) && v == peers_[peer].nonce;
+  return read_remote(peers_[rank].pid, peers_[rank].probe_addr, &v, 8) && v == peers_[rank].nonce;
 }
 
-void LocalExchange::wait_for(int peer, int which, uint64_t seq, const char* op,
+void LocalExchange::wait_for(int member, int which, uint64_t seq, const char* op,
                              const std::function<void()>& check) const {
-  const char* flag = static_cast<const char*>(shm_) + size_t(peer) * kFlagStride + which * 64;
+  const int peer = members_[member];
+  const char* flag = static_cast<const char*>(shm_) + size_t(member) * kFlagStride + which * 64;
   if (load_acquire(flag) >= seq) return;
   const auto start = Clock::now();
   auto next_check = start;
@@ -200,10 +212,11 @@ void LocalExchange::wait_for(int peer, int which, uint64_t seq, const char* op,
 
 void LocalExchange::alltoallv(const char* op, const void* src, const size_t* send, void* dst,
                               const size_t* recv, const std::function<void()>& check) {
-  std::vector<size_t> send_off(size_);
-  std::vector<void*> to(size_);
+  const int m = int(members_.size());
+  std::vector<size_t> send_off(m);
+  std::vector<void*> to(m);
   size_t s = 0, r = 0;
-  for (int j = 0; j < size_; ++j) {
+  for (int j = 0; j < m; ++j) {
     send_off[j] = s;
     s += send[j];
     to[j] = static_cast<char*>(dst) + r;
@@ -218,52 +231,57 @@ void LocalExchange::exchange(const char* op, const void* src, const size_t* send
   if (!enabled_) throw std::logic_error("LocalExchange::exchange on a disabled exchange");
   const uint64_t seq = ++seq_;
   char* base = static_cast<char*>(shm_);
-  const size_t n = size_t(size_), stride = slot_stride(size_);
-  auto slot = [&](int r) { return reinterpret_cast<uint64_t*>(base + n * kFlagStride + r * stride); };
-  auto flag = [&](int r, int which) { return base + size_t(r) * kFlagStride + which * 64; };
+  const int m = int(members_.size()), me = me_;
+  const size_t n = size_t(m), stride = slot_stride(m);
+  auto slot = [&](int j) { return reinterpret_cast<uint64_t*>(base + n * kFlagStride + j * stride); };
+  auto flag = [&](int j, int which) { return base + size_t(j) * kFlagStride + which * 64; };
 
   // my slot: [src, send_off[n], send_len[n], recv_len[n]]
-  uint64_t* mine = slot(rank_);
-  mine[0] = reinterpret_cast<uint64_t>(src);
-  for (size_t j = 0; j < n; ++j) {
-    mine[1 + j] = send_off[j];
-    mine[1 + n + j] = send_len[j];
-    mine[1 + 2 * n + j] = recv_len[j];
+  if (m > 1) {
+    uint64_t* mine = slot(me);
+    mine[0] = reinterpret_cast<uint64_t>(src);
+    for (size_t j = 0; j < n; ++j) {
+      mine[1 + j] = send_off[j];
+      mine[1 + n + j] = send_len[j];
+      mine[1 + 2 * n + j] = recv_len[j];
+    }
+    store_release(flag(me, kPosted), seq);
   }
-  store_release(flag(rank_, kPosted), seq);
 
+  // messages name ranks of the group, not members
   std::string mismatch;
   auto disagree = [&](int from, int dest, uint64_t sends, uint64_t expects) {
     if (mismatch.empty())
-      mismatch = std::string("ccl ") + op + ": rank " + std::to_string(from) + " sends " +
-                 std::to_string(sends) + " bytes to rank " + std::to_string(dest) + ", which expects " +
-                 std::to_string(expects) + " (split sizes differ between the ranks)";
+      mismatch = std::string("ccl ") + op + ": rank " + std::to_string(members_[from]) + " sends " +
+                 std::to_string(sends) + " bytes to rank " + std::to_string(members_[dest]) +
+                 ", which expects " + std::to_string(expects) +
+                 " (split sizes differ between the ranks)";
   };
-  if (send_len[rank_] != recv_len[rank_]) {
-    disagree(rank_, rank_, send_len[rank_], recv_len[rank_]);
-  } else if (recv_len[rank_]) {
-    const char* from = static_cast<const char*>(src) + send_off[rank_];
-    if (from != to[rank_]) std::memmove(to[rank_], from, recv_len[rank_]);  // in place: nothing to do
+  if (send_len[me] != recv_len[me]) {
+    disagree(me, me, send_len[me], recv_len[me]);
+  } else if (recv_len[me]) {
+    const char* from = static_cast<const char*>(src) + send_off[me];
+    if (from != to[me]) std::memmove(to[me], from, recv_len[me]);  // in place: nothing to do
   }
 
   std::string lost;
-  for (int k = 1; k < size_; ++k) {  // start at the next rank: peers spread their reads
-    const int j = (rank_ + k) % size_;
+  for (int k = 1; k < m; ++k) {  // start at the next member: peers spread their reads
+    const int j = (me + k) % m;
     wait_for(j, kPosted, seq, op, check);
     const uint64_t* theirs = slot(j);
-    const uint64_t for_me = theirs[1 + n + rank_], from_me = theirs[1 + 2 * n + rank_];
-    if (for_me != recv_len[j]) disagree(j, rank_, for_me, recv_len[j]);
-    if (from_me != send_len[j]) disagree(rank_, j, send_len[j], from_me);
+    const uint64_t for_me = theirs[1 + n + me], from_me = theirs[1 + 2 * n + me];
+    if (for_me != recv_len[j]) disagree(j, me, for_me, recv_len[j]);
+    if (from_me != send_len[j]) disagree(me, j, send_len[j], from_me);
     if (!mismatch.empty() || !for_me) continue;
-    if (!read_remote(peers_[j].pid, theirs[0] + theirs[1 + rank_], to[j], for_me)) {
-      lost = std::string("ccl ") + op + ": reading rank " + std::to_string(j) + "'s block failed (" +
-             std::strerror(errno) + "); the rank may have exited";
+    if (!read_remote(peers_[members_[j]].pid, theirs[0] + theirs[1 + me], to[j], for_me)) {
+      lost = std::string("ccl ") + op + ": reading rank " + std::to_string(members_[j]) +
+             "'s block failed (" + std::strerror(errno) + "); the rank may have exited";
       break;
     }
   }
-  store_release(flag(rank_, kDone), seq);  // on failure too: live peers must not wait for us
+  if (m > 1) store_release(flag(me, kDone), seq);  // on failure too: live peers must not wait
   if (!lost.empty()) throw PeerLost(lost);
-  for (int k = 1; k < size_; ++k) wait_for((rank_ + k) % size_, kDone, seq, op, check);
+  for (int k = 1; k < m; ++k) wait_for((me + k) % m, kDone, seq, op, check);
   if (!mismatch.empty()) throw std::runtime_error(mismatch);
 }
 

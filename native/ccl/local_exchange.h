@@ -1,13 +1,15 @@
 // Single-node data movement (all-to-all, all-gather, broadcast) for the "ccl"
 // process group, without oneCCL.
 //
-// When every rank of a group runs on this host and may read the others'
+// When the ranks of a group that run on this host may read each other's
 // memory (Linux cross-memory attach, process_vm_readv: same user, no ptrace
 // restriction), an all-to-all needs no message passing at all: each rank
 // publishes where its send buffer is and pulls its blocks straight out of the
 // peers' buffers, one copy per byte. MPICH does the same underneath oneCCL's
 // MPI transport, but behind handshakes and schedules that cost 1.4-1.9x more
-// time here at 1-16 MiB (see benchmarks/collectives.py).
+// time here at 1-16 MiB (see benchmarks/collectives.py). When the group spans
+// hosts, each host's ranks form an exchange of their own (the members), and
+// the backend sends only the blocks between hosts through oneCCL.
 //
 // A small POSIX shared-memory segment holds, per rank, two sequence counters
 // (posted: its buffer address and block offsets/sizes for operation s are
@@ -54,22 +56,29 @@ struct PeerLost : std::runtime_error {
 class LocalExchange {
  public:
   // Collective: every rank of the group constructs it, at the same point.
-  // `want` false (the user turned it off) makes it disabled everywhere.
-  // Never throws for an unusable host: enabled() is then false on all ranks
-  // and reason() says why.
+  // `want` false (the user turned it off) makes it disabled everywhere, and
+  // so does a host whose ranks cannot read each other, and a group whose
+  // hosts hold one rank each. Never throws for an unusable host: enabled()
+  // is then false on all ranks and reason() says why.
   LocalExchange(int rank, int size, const KeyValue& kv, bool want);
   ~LocalExchange();
   LocalExchange(const LocalExchange&) = delete;
   LocalExchange& operator=(const LocalExchange&) = delete;
 
+  // Direct reads work between the members (this host's ranks of the group).
   bool enabled() const { return enabled_; }
+  // ... and the members are the whole group (every rank on this host).
+  bool whole() const { return enabled_ && int(members_.size()) == size_; }
   const std::string& reason() const { return reason_; }
+  // The group's ranks on this host, ascending; exchange() indexes them 0..m-1.
+  const std::vector<int>& members() const { return members_; }
+  int hosts() const { return hosts_; }
 
-  // Every rank j offers the bytes at `src` to the others: send_len[i] bytes
+  // Among the members (all arrays indexed by member, 0..m-1), every member j offers the bytes at `src` to the others: send_len[i] bytes
   // at src + send_off[i] are for rank i (offsets may repeat: all-gather sends
   // one buffer to all). Rank i receives recv_len[j] bytes from rank j at
   // to[j]; its own block is copied (memmove; nothing if it is in place).
-  // Every rank must call it, in the same order as its other operations of
+  // Every member must call it, in the same order as its other operations of
   // this group. Throws std::runtime_error naming `op` when the sizes of two
   // ranks disagree (after the others finished, so no rank is left waiting),
   // PeerLost when a peer exits, and whatever `check` throws (it is called
@@ -77,9 +86,9 @@ class LocalExchange {
   void exchange(const char* op, const void* src, const size_t* send_off, const size_t* send_len,
                 void* const* to, const size_t* recv_len, const std::function<void()>& check);
 
-  // All-to-all of bytes: `send[j]` bytes for rank j lie packed in rank order
-  // at `src`; `recv[j]` bytes from rank j are written packed in rank order at
-  // `dst`.
+  // All-to-all of bytes among the members: `send[j]` bytes for member j lie
+  // packed in member order at `src`; `recv[j]` bytes from member j are
+  // written packed in member order at `dst`.
   void alltoallv(const char* op, const void* src, const size_t* send, void* dst,
                  const size_t* recv, const std::function<void()>& check);
 
@@ -89,15 +98,18 @@ class LocalExchange {
     uint64_t probe_addr = 0;  // address of the peer's nonce, for liveness probes
     uint64_t nonce = 0;
   };
-  bool alive(int peer) const;
-  void wait_for(int peer, int which, uint64_t seq, const char* op,
+  bool alive(int rank) const;
+  void wait_for(int member, int which, uint64_t seq, const char* op,
                 const std::function<void()>& check) const;
 
   int rank_, size_;
+  int me_ = 0;     // my index among the members
+  int hosts_ = 1;  // distinct hosts in the group
+  std::vector<int> members_;
   bool enabled_ = false;
   std::string reason_;
   std::unique_ptr<uint64_t> nonce_;  // read by the peers' probes
-  std::vector<Peer> peers_;
+  std::vector<Peer> peers_;  // by rank of the group
   void* shm_ = nullptr;
   size_t shm_bytes_ = 0;
   uint64_t seq_ = 0;

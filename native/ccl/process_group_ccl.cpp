@@ -1,6 +1,6 @@
 // The collectives of ProcessGroupCCL (see process_group_ccl.h), its set-up
-// and tear-down, and the queueing of its works. The only torch-including TU
-// of the backend apart from bindings.cpp.
+// and tear-down, and the queueing of its works. All-to-all's byte movement
+// is in alltoall_paths.cpp.
 #include "process_group_ccl.h"
 #include "tensor_args.h"
 
@@ -131,7 +131,11 @@ ProcessGroupCCL::~ProcessGroupCCL() {
 }
 
 std::string ProcessGroupCCL::transfer_path() const {
-  return local_->enabled() ? "local" : "oneccl (" + local_->reason() + ")";
+  if (local_->whole()) return "local";
+  if (local_->enabled())
+    return "hierarchical (" + std::to_string(local_->hosts()) + " hosts, " +
+           std::to_string(local_->members().size()) + " ranks on this one)";
+  return "oneccl (" + local_->reason() + ")";
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::enqueue(OpType type, const char* name,
@@ -206,7 +210,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::broadcast(std::vector<at::Tensor
   int root = int(o.rootRank);
   return enqueue(OpType::BROADCAST, "broadcast", ts, o.timeout, [this, t, root] {
     auto buf = dense(t);
-    if (local_->enabled()) {  // every rank reads the root's buffer
+    if (local_->whole()) {  // every rank reads the root's buffer
       const size_t n = buf.nbytes();
       std::vector<size_t> off(size_, 0), send(size_, 0), recv(size_, 0);
       std::vector<void*> to(size_, nullptr);
@@ -233,7 +237,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::allgather(std::vector<std::vecto
   auto list = rank_list(outs, in, size_, "all_gather", /*outputs=*/true, /*at_root=*/false);
   return enqueue(OpType::ALLGATHER, "all_gather", list, o.timeout, [this, in, list] {
     auto src = dense(in);
-    bool direct = local_->enabled();
+    bool direct = local_->whole();
     for (auto& t : list) direct = direct && t.is_contiguous();
     if (direct) {  // straight into the outputs
       std::vector<void*> to;
@@ -329,7 +333,8 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::alltoall_base(at::Tensor& out, a
   check_same(out, in, op, "the output");
   auto send = split_bytes(in, in_splits, size_, "input");
   auto recv = split_bytes(out, out_splits, size_, "output");
-  // Ranks on one host: direct reads (alltoallv_bytes). Otherwise, with no
+  // Ranks on one host: direct reads; on several hosts with ranks sharing
+  // one: hierarchical (both in alltoallv_bytes). Otherwise, with no
   // split sizes (even blocks on every rank: torch's contract, so every rank
   // takes this branch alike), oneCCL's alltoall (MPI_Ialltoall over the MPI
   // transport, tuned in ipex_train/distributed/_env.py) replaces alltoallv:
@@ -344,6 +349,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::alltoall_base(at::Tensor& out, a
       src = src.clone();
     if (even && buf.nbytes() > 0 && !local_->enabled()) {
       ccl::alltoall(src.data_ptr(), buf.data_ptr(), send[0], ccl::datatype::uint8, *comm_).wait();
+      oneccl_bytes_ += buf.nbytes() - send[rank_];
     } else {
       alltoallv_bytes("all_to_all_single", src, send, buf, recv);
     }
@@ -467,7 +473,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupCCL::recvAnysource(std::vector<at::Te
 // ---- oneCCL calls (worker thread only) ----
 // All-gather of `src`'s bytes into contiguous `dst` (rank order).
 void ProcessGroupCCL::gather_bytes(const at::Tensor& src, const at::Tensor& dst) {
-  if (local_->enabled()) {
+  if (local_->whole()) {
     std::vector<void*> to;
     for (int j = 0; j < size_; ++j) to.push_back(static_cast<char*>(dst.data_ptr()) + j * src.nbytes());
     gather_local("all_gather", src, to);
@@ -506,8 +512,7 @@ std::function<void()> ProcessGroupCCL::aborted_check() {
 }
 
 // Runs a local exchange; a peer that is gone aborts the group.
-template <class Fn>
-void ProcessGroupCCL::local_call(Fn&& fn) {
+void ProcessGroupCCL::local_call(const std::function<void()>& fn) {
   try {
     fn();
   } catch (const ccl_local::PeerLost& e) {
@@ -516,19 +521,7 @@ void ProcessGroupCCL::local_call(Fn&& fn) {
   }
 }
 
-void ProcessGroupCCL::alltoallv_bytes(const char* op, const at::Tensor& src, const std::vector<size_t>& send,
-                     const at::Tensor& dst, const std::vector<size_t>& recv) {
-  static char dummy[1];
-  void* s = src.nbytes() ? src.data_ptr() : dummy;
-  void* d = dst.nbytes() ? dst.data_ptr() : dummy;
-  if (local_->enabled()) {
-    local_call([&] { local_->alltoallv(op, s, send.data(), d, recv.data(), aborted_check()); });
-    return;
-  }
-  // oneCCL handles zero counts; every rank calls it (whether all counts are
-  // zero everywhere is not known locally).
-  ccl::alltoallv(s, send, d, recv, ccl::datatype::uint8, *comm_).wait();
-}
+// alltoallv_bytes: alltoall_paths.cpp
 
 // In-place reduction of contiguous `buf` to all ranks (root < 0) or to
 // `root`; a non-root's `buf` is only read.

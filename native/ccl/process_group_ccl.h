@@ -3,7 +3,9 @@
 //   work_queue.h      execution model: worker thread, watchdog, abort
 //   p2p_channel.h     send/recv matched by tag over oneCCL (torch-free)
 //   local_exchange.h  single-host data movement by direct reads (torch-free)
-//   process_group_ccl.cpp  the collectives (the torch-including TU)
+//   process_group_ccl.cpp  the collectives
+//   alltoall_paths.cpp  all-to-all's bytes: direct reads, oneCCL, or both
+//                     (hierarchical: same host direct, between hosts oneCCL)
 //   bindings.cpp      the pybind11 module ipex_train._ccl
 //
 // Data types
@@ -29,6 +31,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -93,8 +96,15 @@ class ProcessGroupCCL : public c10d::Backend {
   uint64_t getSequenceNumberForGroup() override { return queue_->seq(); }
   bool aborted() const { return queue_->aborted(); }
   // "local" when all-to-all, all-gather and broadcast move bytes by direct
-  // reads between the ranks of this host, else "oneccl (why)".
+  // reads between the ranks (all on this host); "hierarchical (...)" when the
+  // ranks span hosts and all-to-all (with gather and scatter) reads the blocks
+  // of this host's ranks directly and sends only the others through oneCCL;
+  // else "oneccl (why)".
   std::string transfer_path() const;
+  // Bytes this rank received in all-to-all, gather and scatter from other
+  // ranks, by path ("direct_bytes", "oneccl_bytes"), and how many of those
+  // ops ran hierarchically ("hierarchical_ops").
+  std::map<std::string, uint64_t> transfer_stats() const;
 
   // Fails the running and all queued works with `why`; later calls fail fast.
   void abort_with(const std::string& why) { queue_->abort(why); }
@@ -135,12 +145,14 @@ class ProcessGroupCCL : public c10d::Backend {
   void gather_local(const char* op, at::Tensor src, const std::vector<void*>& to);
   void alltoallv_bytes(const char* op, const at::Tensor& src, const std::vector<size_t>& send,
                        const at::Tensor& dst, const std::vector<size_t>& recv);
+  void alltoallv_hierarchical(const char* op, const at::Tensor& src,
+                              const std::vector<size_t>& send, const at::Tensor& dst,
+                              const std::vector<size_t>& recv);
   void reduce_in_place(at::Tensor& buf, const c10d::ReduceOp& op, const char* name, int root);
   void scatter_reduce(const at::Tensor& in, at::Tensor& out, const c10d::ReduceOp& op,
                       const char* name);
   std::function<void()> aborted_check();
-  template <class Fn>
-  void local_call(Fn&& fn);
+  void local_call(const std::function<void()>& fn);
 
   // ---- queueing ----
   c10::intrusive_ptr<c10d::Work> enqueue(c10d::OpType type, const char* name,
@@ -156,6 +168,7 @@ class ProcessGroupCCL : public c10d::Backend {
   std::unique_ptr<ccl_local::LocalExchange> local_;
   std::unique_ptr<ccl_p2p::Channels> p2p_;  // worker thread only
   std::unique_ptr<ccl_queue::WorkQueue> queue_;
+  std::atomic<uint64_t> direct_bytes_{0}, oneccl_bytes_{0}, hierarchical_ops_{0};
 };
 
 }  // namespace ipex_train
