@@ -3,6 +3,7 @@ ranks: "ccl" vs gloo, same run.
 
     python benchmarks/collectives.py [--transport ofi|mpi] [--max-mib 64]
     python benchmarks/collectives.py --hosts 2 [--per-host 2]   # across hosts (root)
+    python benchmarks/collectives.py --hosts 2 --per-host 2 --ops all_to_all_single
 
 Starts itself on 2 ranks with the environment's mpiexec (through
 ipex-train-run, so ranks get their cores), then each size from 4 KiB to 64 MiB
@@ -11,7 +12,8 @@ taking turns call by call. Prints the median time per call, bus bandwidth
 (all_reduce: 2(n-1)/n * bytes / t; all_to_all: (n-1)/n * bytes / t) and the
 ratio gloo time / ccl time (>1: ccl faster). The data-movement ops also run on
 a second ccl group with IPEX_TRAIN_CCL_LOCAL=0 (oneCCL instead of the
-backend's direct reads between the ranks of one host), column "oneCCL ms".
+backend's direct reads between the ranks of one host), column "oneCCL ms",
+and the ratio "oneCCL/ccl" (>1: the direct or hierarchical path faster).
 Bus bandwidth of all_gather: (n-1)/n * output bytes / t; broadcast: bytes / t.
 oneCCL's variables set in the environment are honoured (e.g.
 CCL_ALLREDUCE=direct for oneCCL's own default).
@@ -21,7 +23,10 @@ network namespaces joined by a veth link, started with ipex-train-run
 --nnodes 2 --hostfile; needs root and iproute2), --per-host ranks on each,
 so the bytes between the hosts cross the link (UCX held to TCP: it would
 use shared memory between namespaces of one kernel); the bytes that crossed
-are printed after the table.
+are printed after the table. With --per-host 2 the ccl group's all-to-all is
+hierarchical (direct reads on each host, oneCCL between them) and the
+oneCCL group's is flat over oneCCL: "oneCCL/ccl" is the hierarchical gain.
+--ops limits the run to some ops (comma-separated).
 """
 import argparse
 import os
@@ -31,12 +36,15 @@ import sys
 import time
 
 
+OPS = ("all_reduce", "all_to_all_single", "all_gather_single", "broadcast")
+
+
 def launch(args):
     if args.hosts > 1:
         return launch_hosts(args)
     cmd = [sys.executable, "-m", "ipex_train.launch", "--nproc-per-node", "2",
            "--transport", args.transport, os.path.abspath(__file__), "--worker",
-           "--max-mib", str(args.max_mib)]
+           "--max-mib", str(args.max_mib), "--ops", args.ops]
     if args.oversubscribe:
         cmd.insert(5, "--oversubscribe")
     return subprocess.call(cmd, timeout=1800)
@@ -61,7 +69,8 @@ def launch_hosts(args):
                str(args.per_host), "--hostfile", c.hostfile(), "--transport", args.transport]
         if args.oversubscribe or args.per_host > 1:
             cmd.append("--oversubscribe")
-        cmd += [os.path.abspath(__file__), "--worker", "--max-mib", str(args.max_mib)]
+        cmd += [os.path.abspath(__file__), "--worker", "--max-mib", str(args.max_mib),
+                "--ops", args.ops]
         p = c.popen("node0", cmd, env=env, stdout=None, stderr=None)
         rc = p.wait(timeout=3600)
         rx, tx = (a - b for a, b in zip(c.counters("node1"), before))
@@ -103,13 +112,14 @@ def worker(args):
     via_oneccl = dist.new_group(backend="ccl")
     del os.environ["IPEX_TRAIN_CCL_LOCAL"]
     path = dist.group.WORLD._get_backend(torch.device("cpu")).transfer_path
+    flat_path = via_oneccl._get_backend(torch.device("cpu")).transfer_path
     sizes = []
     s = 4 * 1024
     while s <= args.max_mib * 2 ** 20:
         sizes.append(s)
         s *= 4
     rows = []
-    for op in ("all_reduce", "all_to_all_single", "all_gather_single", "broadcast"):
+    for op in args.ops.split(","):
         for nbytes in sizes:
             x = torch.randn(nbytes // 4)
             out = torch.empty_like(x)
@@ -142,14 +152,14 @@ def worker(args):
         print(f"# {n} ranks on {len(set(hosts))} host(s), oneCCL transport {transport}, FI_PROVIDER={os.environ.get('FI_PROVIDER')}, "
               f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
               f"CCL_ALLREDUCE={os.environ.get('CCL_ALLREDUCE', '(oneCCL default)')}, "
-              f"ccl data-movement path: {path}")
+              f"ccl data-movement path: {path}, oneCCL group's: {flat_path}")
         print(f"{'op':<23}{'size':>9}{'ccl ms':>10}{'gloo ms':>10}{'ccl GB/s':>10}"
-              f"{'gloo GB/s':>10}{'gloo/ccl':>9}{'oneCCL ms':>11}")
+              f"{'gloo GB/s':>10}{'gloo/ccl':>9}{'oneCCL ms':>11}{'oneCCL/ccl':>11}")
         for op, nbytes, tc, tg, to, f in rows:
             size = f"{nbytes // 1024}K" if nbytes < 2 ** 20 else f"{nbytes // 2 ** 20}M"
             print(f"{op:<23}{size:>9}{tc * 1e3:>10.3f}{tg * 1e3:>10.3f}{f * nbytes / tc / 1e9:>10.2f}"
                   f"{f * nbytes / tg / 1e9:>10.2f}{tg / tc:>9.2f}"
-                  + (f"{to * 1e3:>11.3f}" if to == to else f"{'-':>11}"))
+                  + (f"{to * 1e3:>11.3f}{to / tc:>11.2f}" if to == to else f"{'-':>11}{'-':>11}"))
     dist.destroy_process_group()
 
 
@@ -161,8 +171,12 @@ def main():
     p.add_argument("--hosts", type=int, default=1,
                    help="simulated hosts (network namespaces; root): 2 for the cross-host figures")
     p.add_argument("--per-host", type=int, default=1, help="ranks per simulated host")
+    p.add_argument("--ops", default=",".join(OPS), help="comma-separated, of: " + ", ".join(OPS))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    bad = set(args.ops.split(",")) - set(OPS)
+    if bad:
+        p.error(f"--ops: unknown {', '.join(sorted(bad))} (known: {', '.join(OPS)})")
     if args.worker:
         worker(args)
         return 0

@@ -1,0 +1,141 @@
+"""All-to-all on the hierarchical path (direct reads on each host, oneCCL
+between hosts), checked against closed-form answers and, bit for bit,
+against the same calls on a second ccl group that sends everything through
+oneCCL (IPEX_TRAIN_CCL_LOCAL=0 when it is created: the flat path).
+
+Per size (a 7-element tensor, 1 MiB and 4 MiB per rank), all_to_all_single
+with even splits, blocks sized by the sender (rank q sends 1 + q % 3 units
+to every rank), uneven blocks varying by sender and receiver, some empty
+blocks, and an odd-sized uint8 case; then the list all_to_all. The block
+from rank q to rank r holds pattern(len, 1000 q + 10 r): float32 small
+integers, so comparisons are bitwise.
+
+The world group's transfer_stats must grow by exactly the bytes this rank
+received from ranks on its own host (direct_bytes) and from the others
+(oneccl_bytes), with one hierarchical op per call when the path is
+hierarchical; on one host (path "local") every byte is direct.
+
+Usage: python _worker_hier.py OUT_DIR [--timeout S]
+Writes OUT_DIR/rank<r>.json.
+"""
+import json
+import os
+import socket
+import sys
+import traceback
+import warnings
+
+import torch
+import torch.distributed as dist
+
+import ipex_train.distributed as ipd
+
+SIZES = {"7 elems": 7, "1 MiB": (1 << 20) // 4, "4 MiB": (4 << 20) // 4}
+
+
+def pattern(numel, offset, dtype=torch.float32):
+    t = torch.arange(numel, dtype=torch.float32).remainder_(251).add_(offset)
+    return t.to(dtype) if dtype == torch.float32 else t.remainder_(256).to(dtype)
+
+
+def split_sizes(kind, numel, n):
+    """sizes[q][r]: elements from rank q to rank r."""
+    unit = max(numel // 4, 1)
+    if kind == "even":
+        return [[max(numel // n, 1)] * n for _ in range(n)]
+    if kind == "sized by sender":  # DLRM's pattern
+        return [[unit * (1 + q % 3)] * n for q in range(n)]
+    if kind == "uneven":
+        return [[unit * (1 + (q + 2 * r) % 3) for r in range(n)] for q in range(n)]
+    if kind == "with empty blocks":
+        return [[0 if (q + r) % 2 else max(numel // n, 1) for r in range(n)] for q in range(n)]
+    return [[1 + 2 * ((q + r) % 3) + numel % 5 for r in range(n)] for q in range(n)]  # odd bytes
+
+
+class Run:
+    def __init__(self, me, n, hosts):
+        self.me, self.n, self.hosts = me, n, hosts
+        self.checks, self.failures = 0, []
+        self.direct = self.oneccl = self.ops = 0  # what the world group's stats must grow by
+
+    def same(self, name, got, want):
+        self.checks += 1
+        if got.dtype != want.dtype or not torch.equal(got, want):
+            bad = (got != want).nonzero()[:3].flatten().tolist() if got.shape == want.shape else "shape"
+            self.failures.append(f"{name}: differs (first at {bad}, {got.shape} vs {want.shape})")
+
+    def expect(self, recv_elems, itemsize):
+        """Bytes received from each rank `q` (`recv_elems[q]` elements)."""
+        for q, k in enumerate(recv_elems):
+            if q == self.me:
+                continue
+            if self.hosts[q] == self.hosts[self.me]:
+                self.direct += k * itemsize
+            else:
+                self.oneccl += k * itemsize
+        self.ops += 1
+
+
+def all_to_all(run, label, numel, flat):
+    me, n = run.me, run.n
+    for kind in ("even", "sized by sender", "uneven", "with empty blocks", "odd uint8"):
+        dtype = torch.uint8 if kind == "odd uint8" else torch.float32
+        sizes = split_sizes(kind, numel, n)
+        send = torch.cat([pattern(sizes[me][r], 1000 * me + 10 * r, dtype) for r in range(n)])
+        want = torch.cat([pattern(sizes[q][me], 1000 * q + 10 * me, dtype) for q in range(n)])
+        ins, outs = [sizes[q][me] for q in range(n)], sizes[me]
+        recv = torch.full_like(want, 77)
+        if kind == "even":  # torch's even-split form: no split sizes
+            dist.all_to_all_single(recv, send)
+        else:
+            dist.all_to_all_single(recv, send, ins, outs)
+        run.expect(ins, send.element_size())
+        run.same(f"all_to_all_single {kind} {label}", recv, want)
+        ref = torch.full_like(want, 55)
+        dist.all_to_all_single(ref, send, ins, outs, group=flat)
+        run.same(f"all_to_all_single {kind} {label} equals the flat path", recv, ref)
+    # the list form, uneven
+    sizes = split_sizes("uneven", numel, n)
+    send = [pattern(sizes[me][r], 1000 * me + 10 * r) for r in range(n)]
+    recv = [torch.empty(sizes[q][me]) for q in range(n)]
+    dist.all_to_all(recv, send)
+    run.expect([sizes[q][me] for q in range(n)], 4)
+    run.same(f"all_to_all uneven {label}", torch.cat(recv),
+             torch.cat([pattern(sizes[q][me], 1000 * q + 10 * me) for q in range(n)]))
+
+
+def main():
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    out_dir = sys.argv[1]
+    timeout = float(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 60
+    ipd.init_from_env(timeout=timeout)
+    me, n = dist.get_rank(), dist.get_world_size()
+    os.environ["IPEX_TRAIN_CCL_LOCAL"] = "0"  # read when a ccl group is created
+    flat = dist.new_group(backend="ccl")
+    del os.environ["IPEX_TRAIN_CCL_LOCAL"]
+    pg = dist.group.WORLD._get_backend(torch.device("cpu"))
+    hosts = [None] * n
+    dist.all_gather_object(hosts, socket.gethostname())
+    run = Run(me, n, hosts)
+    before = dict(pg.transfer_stats)
+    try:
+        for label, numel in SIZES.items():
+            all_to_all(run, label, numel, flat)
+    except Exception:
+        run.failures.append(traceback.format_exc(limit=4))
+    after = pg.transfer_stats
+    grew = {k: after[k] - before[k] for k in after}
+    with open(os.path.join(out_dir, f"rank{me}.json"), "w") as f:
+        json.dump({"rank": me, "world": n, "host": socket.gethostname(), "hosts": hosts,
+                   "transfer_path": pg.transfer_path,
+                   "flat_path": flat._get_backend(torch.device("cpu")).transfer_path,
+                   "stats_grew": grew, "expected": {"direct_bytes": run.direct,
+                                                    "oneccl_bytes": run.oneccl, "ops": run.ops},
+                   "checks": run.checks, "failures": run.failures}, f, indent=1)
+    if run.failures:
+        sys.exit(1)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""All-to-all across hosts by the hierarchical path (issue #13 item 7): the
+blocks between ranks of one host by direct reads among them, the blocks
+between hosts by one oneCCL alltoallv, in one collective. Over two simulated
+hosts (_hosts.py), started with env:// variables on each host and with
+ipex-train-run's hostfile launch; results against closed-form answers and
+bit for bit against the flat oneCCL path in the same job, and the backend's
+byte counters showing which path every received byte took. On one host the
+direct path must still carry everything."""
+import os
+import sys
+
+import pytest
+
+from tests._procs import BIN, check_all_ok, free_port, run
+from tests.distributed._ccl import cma_between_siblings, need_ccl, results
+from tests.multihost._hosts import HERE
+from tests.multihost.test_multihost import job_env
+
+pytestmark = [pytest.mark.multiproc, pytest.mark.ccl, pytest.mark.multihost]
+
+WORKER = os.path.join(HERE, "_worker_hier.py")
+TIMEOUT_S = 60  # the process group's timeout inside the ranks
+CHECKS = 3 * (5 * 2 + 1)  # per size: 5 all_to_all_single kinds x (answer, flat path) + all_to_all
+
+
+def check(out_dir, hosts, path):
+    """hosts: each rank's host; path: the world group's transfer_path prefix."""
+    world = len(hosts)
+    hierarchical = path.startswith("hierarchical")
+    for r in results(out_dir, world):
+        assert not r["failures"], "\n".join(r["failures"][:10])
+        assert r["checks"] == CHECKS, r
+        assert r["hosts"] == hosts, r["hosts"]
+        assert r["transfer_path"].startswith(path), r["transfer_path"]
+        assert r["flat_path"].startswith("oneccl (turned off"), r["flat_path"]
+        want, grew = r["expected"], r["stats_grew"]
+        assert grew["direct_bytes"] == want["direct_bytes"], (grew, want)
+        assert grew["oneccl_bytes"] == want["oneccl_bytes"], (grew, want)
+        assert grew["hierarchical_ops"] == (want["ops"] if hierarchical else 0), (grew, want)
+        same_host = hosts.count(r["host"]) > 1
+        assert (want["direct_bytes"] > 0) == same_host, want
+        assert (want["oneccl_bytes"] > 0) == hierarchical, want
+
+
+@pytest.mark.parametrize("placement", [
+    pytest.param([0, 0, 1, 1], id="2x2-consecutive"),
+    pytest.param([0, 1, 0, 1], id="2x2-interleaved"),  # blocks between hosts not contiguous
+    pytest.param([0, 0, 1], id="2+1"),                  # a host with one rank
+])
+def test_hierarchical_env_rendezvous(cluster, tmp_path, placement):
+    """torchrun-style variables on each host (oneCCL's OFI transport)."""
+    need_ccl()
+    port, world = free_port(), len(placement)
+    jobs = []
+    for rank, h in enumerate(placement):
+        local = placement[:rank].count(h)
+        jobs.append((f"node{h}", [sys.executable, WORKER, str(tmp_path), "--timeout", str(TIMEOUT_S)],
+                     job_env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
+                             LOCAL_WORLD_SIZE=str(placement.count(h)), MASTER_ADDR="node0",
+                             MASTER_PORT=str(port))))
+    before = cluster.counters("node1")
+    check_all_ok(cluster.run_all(jobs, timeout=300))
+    check(tmp_path, [f"node{h}" for h in placement], "hierarchical (2 hosts")
+    # the blocks between the hosts really crossed the link: node1 received at
+    # least what its ranks got over oneCCL in the world group
+    rx = cluster.counters("node1")[0] - before[0]
+    got = sum(r["expected"]["oneccl_bytes"] for r in results(tmp_path, world)
+              if r["host"] == "node1")
+    assert rx > got > 0, (rx, got)
+
+
+def test_hierarchical_ipex_train_run(cluster, tmp_path):
+    """2 hosts x 2 ranks through ipex-train-run's hostfile launch (oneCCL's
+    MPI transport, held to TCP as in test_multihost)."""
+    need_ccl()
+    p = cluster.run("node0", ["ipex-train-run", "--nnodes", "2", "--nproc-per-node", "2",
+                              "--hostfile", cluster.hostfile(), WORKER, str(tmp_path),
+                              "--timeout", str(TIMEOUT_S)], env=job_env(), timeout=300)
+    if p.returncode == 9 and "Killed (signal 9)" in p.stdout + p.stderr:
+        # the launcher flake of test_multihost's 2x2 case (a rank SIGKILLed,
+        # ~1 run in 10 here, also without this path; issue #13): nothing checked
+        pytest.xfail("ipex-train-run 2x2: a rank was SIGKILLed (open in issue #13)")
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-4000:]}"
+    check(tmp_path, ["node0", "node0", "node1", "node1"], "hierarchical (2 hosts, 2 ranks")
+
+
+def test_one_host_stays_local(tmp_path):
+    """Every rank on one host: the flat direct path (no oneCCL, nothing
+    hierarchical), as before the hierarchical path existed."""
+    need_ccl()
+    if not cma_between_siblings():
+        pytest.skip("sibling processes may not read each other's memory here (ptrace_scope)")
+    p = run([os.path.join(BIN, "mpiexec"), "-n", "2", sys.executable, WORKER, str(tmp_path),
+             "--timeout", str(TIMEOUT_S)], timeout=300)
+    assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    host = results(tmp_path, 2)[0]["host"]
+    check(tmp_path, [host, host], "local")
