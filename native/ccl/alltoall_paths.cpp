@@ -9,8 +9,10 @@
 // Hierarchical: the blocks between ranks of one host move by direct reads
 // among that host's ranks; the blocks between hosts go through one oneCCL
 // alltoallv over the whole group in which every same-host pair has zero
-// counts. The oneCCL call starts first, the direct reads run, then it is
-// waited for: one op, under the group's timeout and abort like any other.
+// counts. The oneCCL call starts first, the direct reads run (moving oneCCL
+// on whenever they wait for a peer: oneCCL progresses on the calling thread,
+// CCL_WORKER_OFFLOAD=0), then it is waited for: one op, under the group's
+// timeout and abort like any other.
 // oneCCL takes a rank's blocks back to back, so blocks between hosts that are
 // not contiguous in the caller's buffer (a host whose ranks are not
 // consecutive, or a middle host of three) go through a packed scratch copy;
@@ -134,7 +136,8 @@ void ProcessGroupCCL::alltoallv_hierarchical(const char* op, const at::Tensor& s
   }
   try {
     local_call([&] {
-      local_->exchange(op, s, loff.data(), lsend.data(), lto.data(), lrecv.data(), aborted_check());
+      local_->exchange(op, s, loff.data(), lsend.data(), lto.data(), lrecv.data(), aborted_check(),
+                       [&ev] { ev.test(); });  // oneCCL progresses on this thread
     });
   } catch (...) {
     if (aborted()) {

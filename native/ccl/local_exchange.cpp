@@ -182,7 +182,8 @@ bool LocalExchange::alive(int rank) const {
 }
 
 void LocalExchange::wait_for(int member, int which, uint64_t seq, const char* op,
-                             const std::function<void()>& check) const {
+                             const std::function<void()>& check,
+                             const std::function<void()>& poll) const {
   const int peer = members_[member];
   const char* flag = static_cast<const char*>(shm_) + size_t(member) * kFlagStride + which * 64;
   if (load_acquire(flag) >= seq) return;
@@ -203,6 +204,7 @@ void LocalExchange::wait_for(int member, int which, uint64_t seq, const char* op
                                  ") exited before the operation finished");
       next_check = now + std::chrono::milliseconds(5);
     }
+    if (poll) poll();
     if (now - start < std::chrono::milliseconds(2))
       sched_yield();  // a peer sharing this core gets it
     else
@@ -222,12 +224,13 @@ void LocalExchange::alltoallv(const char* op, const void* src, const size_t* sen
     to[j] = static_cast<char*>(dst) + r;
     r += recv[j];
   }
-  exchange(op, src, send_off.data(), send, to.data(), recv, check);
+  exchange(op, src, send_off.data(), send, to.data(), recv, check, {});
 }
 
 void LocalExchange::exchange(const char* op, const void* src, const size_t* send_off,
                              const size_t* send_len, void* const* to, const size_t* recv_len,
-                             const std::function<void()>& check) {
+                             const std::function<void()>& check,
+                             const std::function<void()>& poll) {
   if (!enabled_) throw std::logic_error("LocalExchange::exchange on a disabled exchange");
   const uint64_t seq = ++seq_;
   char* base = static_cast<char*>(shm_);
@@ -267,7 +270,7 @@ void LocalExchange::exchange(const char* op, const void* src, const size_t* send
   std::string lost;
   for (int k = 1; k < m; ++k) {  // start at the next member: peers spread their reads
     const int j = (me + k) % m;
-    wait_for(j, kPosted, seq, op, check);
+    wait_for(j, kPosted, seq, op, check, poll);
     const uint64_t* theirs = slot(j);
     const uint64_t for_me = theirs[1 + n + me], from_me = theirs[1 + 2 * n + me];
     if (for_me != recv_len[j]) disagree(j, me, for_me, recv_len[j]);
@@ -281,7 +284,7 @@ void LocalExchange::exchange(const char* op, const void* src, const size_t* send
   }
   if (m > 1) store_release(flag(me, kDone), seq);  // on failure too: live peers must not wait
   if (!lost.empty()) throw PeerLost(lost);
-  for (int k = 1; k < m; ++k) wait_for((me + k) % m, kDone, seq, op, check);
+  for (int k = 1; k < m; ++k) wait_for((me + k) % m, kDone, seq, op, check, poll);
   if (!mismatch.empty()) throw std::runtime_error(mismatch);
 }
 

@@ -82,9 +82,12 @@ class LocalExchange {
   // this group. Throws std::runtime_error naming `op` when the sizes of two
   // ranks disagree (after the others finished, so no rank is left waiting),
   // PeerLost when a peer exits, and whatever `check` throws (it is called
-  // every few ms while waiting).
+  // every few ms while waiting). `poll`, if given, is called on every round
+  // of waiting after the first spins (the backend moves oneCCL's part of a
+  // hierarchical all-to-all on meanwhile).
   void exchange(const char* op, const void* src, const size_t* send_off, const size_t* send_len,
-                void* const* to, const size_t* recv_len, const std::function<void()>& check);
+                void* const* to, const size_t* recv_len, const std::function<void()>& check,
+                const std::function<void()>& poll = {});
 
   // All-to-all of bytes among the members: `send[j]` bytes for member j lie
   // packed in member order at `src`; `recv[j]` bytes from member j are
@@ -100,7 +103,7 @@ class LocalExchange {
   };
   bool alive(int rank) const;
   void wait_for(int member, int which, uint64_t seq, const char* op,
-                const std::function<void()>& check) const;
+                const std::function<void()>& check, const std::function<void()>& poll) const;
 
   int rank_, size_;
   int me_ = 0;     // my index among the members

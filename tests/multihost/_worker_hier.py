@@ -15,13 +15,17 @@ received from ranks on its own host (direct_bytes) and from the others
 (oneccl_bytes), with one hierarchical op per call when the path is
 hierarchical; on one host (path "local") every byte is direct.
 
-Usage: python _worker_hier.py OUT_DIR [--timeout S]
-Writes OUT_DIR/rank<r>.json.
+Usage: python _worker_hier.py OUT_DIR [--timeout S] [--loop]
+Writes OUT_DIR/rank<r>.json. With --loop instead, every rank writes
+OUT_DIR/ready.<rank> ("pid time") after its first all-to-all, then runs
+uneven 1 MiB all-to-alls for up to 100 s; a rank whose call raises writes
+OUT_DIR/error.<rank> (JSON: time, message) and exits 4.
 """
 import json
 import os
 import socket
 import sys
+import time
 import traceback
 import warnings
 
@@ -104,12 +108,35 @@ def all_to_all(run, label, numel, flat):
              torch.cat([pattern(sizes[q][me], 1000 * q + 10 * me) for q in range(n)]))
 
 
+def loop(out_dir, me, n):
+    """Uneven 1 MiB all-to-alls until one raises (a fault test kills a rank)."""
+    sizes = split_sizes("uneven", (1 << 20) // 4, n)
+    send = torch.cat([pattern(sizes[me][r], 1000 * me + 10 * r) for r in range(n)])
+    recv = torch.empty(sum(sizes[q][me] for q in range(n)))
+    ins = [sizes[q][me] for q in range(n)]
+    dist.all_to_all_single(recv, send, ins, sizes[me])
+    with open(os.path.join(out_dir, f"ready.{me}"), "w") as f:
+        f.write(f"{os.getpid()} {time.time()}\n")
+    end = time.monotonic() + 100
+    try:
+        while time.monotonic() < end:
+            dist.all_to_all_single(recv, send, ins, sizes[me])
+            time.sleep(0.02)
+    except RuntimeError as e:
+        with open(os.path.join(out_dir, f"error.{me}"), "w") as f:
+            json.dump({"time": time.time(), "message": str(e)[:400]}, f)
+        sys.exit(4)
+    sys.exit(0)
+
+
 def main():
     warnings.filterwarnings("ignore", category=FutureWarning)
     out_dir = sys.argv[1]
     timeout = float(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 60
     ipd.init_from_env(timeout=timeout)
     me, n = dist.get_rank(), dist.get_world_size()
+    if "--loop" in sys.argv:
+        loop(out_dir, me, n)
     os.environ["IPEX_TRAIN_CCL_LOCAL"] = "0"  # read when a ccl group is created
     flat = dist.new_group(backend="ccl")
     del os.environ["IPEX_TRAIN_CCL_LOCAL"]

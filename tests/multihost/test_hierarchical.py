@@ -6,12 +6,15 @@ ipex-train-run's hostfile launch; results against closed-form answers and
 bit for bit against the flat oneCCL path in the same job, and the backend's
 byte counters showing which path every received byte took. On one host the
 direct path must still carry everything."""
+import json
 import os
+import signal
 import sys
+import time
 
 import pytest
 
-from tests._procs import BIN, check_all_ok, free_port, run
+from tests._procs import BIN, check_all_ok, free_port, kill_tree, run
 from tests.distributed._ccl import cma_between_siblings, need_ccl, results
 from tests.multihost._hosts import HERE
 from tests.multihost.test_multihost import job_env
@@ -42,6 +45,19 @@ def check(out_dir, hosts, path):
         assert (want["oneccl_bytes"] > 0) == hierarchical, want
 
 
+def env_jobs(tmp_path, placement, *extra):
+    """Ranks started with torchrun-style variables on their hosts
+    (placement[rank]: the host's index)."""
+    port, world, jobs = free_port(), len(placement), []
+    for rank, h in enumerate(placement):
+        jobs.append((f"node{h}", [sys.executable, WORKER, str(tmp_path), *extra],
+                     job_env(RANK=str(rank), WORLD_SIZE=str(world),
+                             LOCAL_RANK=str(placement[:rank].count(h)),
+                             LOCAL_WORLD_SIZE=str(placement.count(h)), MASTER_ADDR="node0",
+                             MASTER_PORT=str(port))))
+    return jobs
+
+
 @pytest.mark.parametrize("placement", [
     pytest.param([0, 0, 1, 1], id="2x2-consecutive"),
     pytest.param([0, 1, 0, 1], id="2x2-interleaved"),  # blocks between hosts not contiguous
@@ -50,14 +66,8 @@ def check(out_dir, hosts, path):
 def test_hierarchical_env_rendezvous(cluster, tmp_path, placement):
     """torchrun-style variables on each host (oneCCL's OFI transport)."""
     need_ccl()
-    port, world = free_port(), len(placement)
-    jobs = []
-    for rank, h in enumerate(placement):
-        local = placement[:rank].count(h)
-        jobs.append((f"node{h}", [sys.executable, WORKER, str(tmp_path), "--timeout", str(TIMEOUT_S)],
-                     job_env(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local),
-                             LOCAL_WORLD_SIZE=str(placement.count(h)), MASTER_ADDR="node0",
-                             MASTER_PORT=str(port))))
+    world = len(placement)
+    jobs = env_jobs(tmp_path, placement, "--timeout", str(TIMEOUT_S))
     before = cluster.counters("node1")
     check_all_ok(cluster.run_all(jobs, timeout=300))
     check(tmp_path, [f"node{h}" for h in placement], "hierarchical (2 hosts")
@@ -95,3 +105,35 @@ def test_one_host_stays_local(tmp_path):
     assert p.returncode == 0, f"exit {p.returncode}\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
     host = results(tmp_path, 2)[0]["host"]
     check(tmp_path, [host, host], "local")
+
+
+def test_killed_rank_fails_every_rank_within_the_timeout(cluster, tmp_path):
+    """2 x 2 ranks in a loop of hierarchical all-to-alls; rank 3 (node1) is
+    SIGKILLed. Rank 2 (its host's other rank) sees it gone in the direct
+    reads and raises at once (or at the timeout, had it been waiting in
+    oneCCL); ranks 0 and 1 wait in oneCCL for its blocks and raise at the
+    group's timeout: one op, under the usual timeout and abort."""
+    need_ccl()
+    timeout_s = 10
+    procs = [cluster.popen(h, argv, env) for h, argv, env in
+             env_jobs(tmp_path, [0, 0, 1, 1], "--timeout", str(timeout_s), "--loop")]
+    try:
+        end = time.monotonic() + 180
+        ready = [tmp_path / f"ready.{r}" for r in range(4)]
+        while not all(f.exists() and f.read_text().endswith("\n") for f in ready):
+            assert time.monotonic() < end and all(p.poll() is None for p in procs), \
+                [p.poll() for p in procs]
+            time.sleep(0.2)
+        time.sleep(0.5)
+        killed = time.time()
+        os.kill(int(ready[3].read_text().split()[0]), signal.SIGKILL)
+        for r, p in enumerate(procs[:3]):
+            p.wait(timeout=timeout_s + 40)
+            err = json.loads((tmp_path / f"error.{r}").read_text())
+            assert p.returncode == 4, (r, p.returncode)
+            took = err["time"] - killed
+            assert took < timeout_s + 15, (r, took, err)
+            assert any(w in err["message"] for w in ("rank 3", "timed out", "aborted")), err
+    finally:
+        for p in procs:
+            kill_tree(p.pid)
