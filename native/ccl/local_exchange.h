@@ -74,9 +74,10 @@ class LocalExchange {
   const std::vector<int>& members() const { return members_; }
   int hosts() const { return hosts_; }
 
-  // Among the members (all arrays indexed by member, 0..m-1), every member j offers the bytes at `src` to the others: send_len[i] bytes
-  // at src + send_off[i] are for rank i (offsets may repeat: all-gather sends
-  // one buffer to all). Rank i receives recv_len[j] bytes from rank j at
+  // Among the members (every array is indexed by member, 0..m-1), each
+  // member j offers the bytes at `src` to the others: send_len[i] bytes at
+  // src + send_off[i] are for member i (offsets may repeat: all-gather sends
+  // one buffer to all). Member i receives recv_len[j] bytes from member j at
   // to[j]; its own block is copied (memmove; nothing if it is in place).
   // Every member must call it, in the same order as its other operations of
   // this group. Throws std::runtime_error naming `op` when the sizes of two

@@ -65,7 +65,8 @@ class Run:
     def same(self, name, got, want):
         self.checks += 1
         if got.dtype != want.dtype or not torch.equal(got, want):
-            bad = (got != want).nonzero()[:3].flatten().tolist() if got.shape == want.shape else "shape"
+            bad = ((got != want).nonzero()[:3].flatten().tolist() if got.shape == want.shape
+                   else "shape")
             self.failures.append(f"{name}: differs (first at {bad}, {got.shape} vs {want.shape})")
 
     def expect(self, recv_elems, itemsize):
