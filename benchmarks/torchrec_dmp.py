@@ -131,10 +131,64 @@ def worker(args):
             times[key] += [step(dmp, dense, kjt) for kjt in data[2:]]
     med = {f"{s}|{k}": [sorted(x[i] for x in t)[len(t) // 2] for i in (0, 1)]
            for (s, k), t in times.items()}
+    kernels = kernel_times(runs, data, step, args.profile)
+    if args.profile:
+        profile(runs, data, step, rank, args.profile)
     if rank == 0:
         print("RESULT " + json.dumps(med), flush=True)
+    print(f"KERNELS rank {rank} " + json.dumps(kernels), flush=True)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def kernel_times(runs, data, step, top=0, reps=10):
+    """{sharding|kind: [fwd, fwd+bwd]} median CPU ms of the rank's embedding
+    kernels alone (every group's lookup module, FBGEMM's or ours) on the
+    inputs one DMP step handed them: the embedding-only part of a step."""
+    import torch
+    out = {}
+    for (s, k), (dmp, dense) in runs.items():
+        mods = [m for lookup in dmp.module.ebc._lookups for m in lookup._emb_modules]
+        seen = {}
+        hooks = [m.register_forward_pre_hook(
+            lambda mod, a, i=i: seen.__setitem__(i, a[0])) for i, m in enumerate(mods)]
+        step(dmp, dense, data[2])
+        for h in hooks:
+            h.remove()
+        fwd, both = [], []
+        for _ in range(reps):
+            c = time.thread_time()
+            outs = [m(seen[i]) for i, m in enumerate(mods)]
+            f = time.thread_time()
+            torch.autograd.backward(outs, [torch.full_like(o, 1e-3) for o in outs])
+            e = time.thread_time()
+            fwd.append((f - c) * 1e3)
+            both.append((e - c) * 1e3)
+        out[f"{s}|{k}"] = [sorted(fwd)[reps // 2], sorted(both)[reps // 2]]
+        if top:
+            from torch.profiler import profile as prof
+            with prof() as p:
+                for _ in range(reps):
+                    outs = [m(seen[i]) for i, m in enumerate(mods)]
+                    torch.autograd.backward(outs, [torch.full_like(o, 1e-3) for o in outs])
+            table = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+            print(f"PROFILE rank {torch.distributed.get_rank()} {s} {k} kernels alone "
+                  f"({reps} fwd+bwd)\n{table}", flush=True)
+    return out
+
+
+def profile(runs, data, step, rank, top):
+    """torch.profiler over one block of steps per configuration: each rank
+    prints its `top` ops by self CPU time (one run, so the rows compare)."""
+    import torch.distributed as dist
+    from torch.profiler import ProfilerActivity, profile as prof
+    for (s, k), (dmp, dense) in runs.items():
+        dist.barrier()
+        with prof(activities=[ProfilerActivity.CPU]) as p:
+            for kjt in data[2:]:
+                step(dmp, dense, kjt)
+        table = p.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+        print(f"PROFILE rank {rank} {s} {k} ({len(data) - 2} steps)\n{table}", flush=True)
 
 
 def launch(args, backend, kinds, shardings, world=2):
@@ -146,7 +200,8 @@ def launch(args, backend, kinds, shardings, world=2):
     cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--kinds", *kinds,
            "--shardings", *shardings, "--rows", str(args.rows), "--batch", str(args.batch),
            "--dim", str(args.dim), "--steps", str(args.steps), "--rounds", str(args.rounds),
-           "--optimizer", args.optimizer, "--threads", str(args.threads)]
+           "--optimizer", args.optimizer, "--threads", str(args.threads),
+           "--profile", str(args.profile)]
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for r in range(world)]
@@ -161,8 +216,16 @@ def launch(args, backend, kinds, shardings, world=2):
     for p, out in zip(procs, outs):
         if p.returncode != 0:
             sys.exit(f"a {backend} rank failed:\n{out[-4000:]}")
+    if args.profile:
+        for out in outs:
+            print(out[out.find("PROFILE"):])
     line = next(l for l in outs[0].splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])
+    res = json.loads(line[len("RESULT "):])
+    for r, out in enumerate(outs):  # "kernels|sharding|kind": [fwd, fwd+bwd] per rank
+        line = next(l for l in out.splitlines() if l.startswith(f"KERNELS rank {r} "))
+        for key, v in json.loads(line.split(" ", 3)[3]).items():
+            res.setdefault("kernels|" + key, []).append(v)
+    return res
 
 
 def main():
@@ -175,6 +238,9 @@ def main():
     ap.add_argument("--optimizer", default="sgd", choices=["sgd", "rowwise_adagrad"])
     ap.add_argument("--threads", type=int, default=1, help="threads per rank")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per launch")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="print each rank's top N ops by self CPU time (torch.profiler)")
+    ap.add_argument("--only", choices=["ccl", "gloo"], help="run one backend only")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--backend", default="ccl", help=argparse.SUPPRESS)
     ap.add_argument("--kinds", nargs="+", help=argparse.SUPPRESS)
@@ -184,24 +250,36 @@ def main():
         return worker(args)
 
     shardings = ["table_wise", "row_wise"]
-    ccl = launch(args, "ccl", ["fbgemm", "ours", "ours bf16"], shardings)
-    gloo = launch(args, "gloo", ["fbgemm", "ours"], shardings)
+    kinds = {"ccl": ("ours", "ours bf16"), "gloo": ("ours",)}
+    if args.only:
+        kinds = {args.only: kinds[args.only]}
+    res = {b: launch(args, b, ["fbgemm", *k], shardings) for b, k in kinds.items()}
     print(f"2 ranks x {args.threads} thread(s) on 127.0.0.1, 26 tables (rows capped at "
           f"{args.rows}), dim {args.dim}, batch {args.batch} per rank, {args.optimizer}; "
           "median ms per DMP training step")
     print("(wall: the step; cpu: the rank's main thread, i.e. its compute without the "
           "waits on its peer)")
     for s in shardings:
-        for backend, res, kinds in (("ccl", ccl, ("ours", "ours bf16")), ("gloo", gloo, ("ours",))):
-            peer = res[f"{s}|fbgemm"]
+        for backend, ks in kinds.items():
+            peer = res[backend][f"{s}|fbgemm"]
             print(f"{s:10s} {backend:4s} torchrec+FBGEMM   wall {peer[0]:8.2f} ms  cpu "
                   f"{peer[1]:8.2f} ms")
-            for kind in kinds:
-                t = res[f"{s}|{kind}"]
+            for kind in ks:
+                t = res[backend][f"{s}|{kind}"]
                 print(f"{s:10s} {backend:4s} {kind:17s} wall {t[0]:8.2f} ms  cpu {t[1]:8.2f} ms"
                       f"   speedup vs peer: wall {peer[0] / t[0]:5.2f}x, cpu "
                       f"{peer[1] / t[1]:5.2f}x")
-        print(f"{s:10s} ours: gloo / ccl wall {gloo[f'{s}|ours'][0] / ccl[f'{s}|ours'][0]:5.2f}x")
+            kern = {k: res[backend][f"kernels|{s}|{k}"] for k in ("fbgemm", *ks)}
+            for kind, per_rank in kern.items():
+                both = [v[1] for v in per_rank]
+                print(f"{'':15s} {kind:17s} embedding kernels alone, cpu fwd+bwd per rank: "
+                      + ", ".join(f"{b:6.2f}" for b in both) + " ms (fwd "
+                      + ", ".join(f"{v[0]:5.2f}" for v in per_rank) + ")"
+                      + ("" if kind == "fbgemm" else "   vs peer: " + ", ".join(
+                          f"{p[1] / v[1]:4.2f}x" for p, v in zip(kern["fbgemm"], per_rank))))
+        if len(res) == 2:
+            print(f"{s:10s} ours: gloo / ccl wall "
+                  f"{res['gloo'][f'{s}|ours'][0] / res['ccl'][f'{s}|ours'][0]:5.2f}x")
 
 
 if __name__ == "__main__":

@@ -102,10 +102,10 @@ _SPARSE_META.impl("sparse_row_update_", _sparse_row_update_fake, "SparseMeta")
 
 @_fake("embedding_bags_forward")
 def _embedding_bags_forward_fake(weights, indices, offsets, per_sample_weights, padding_idx,
-                                 include_last_offset, mean):
+                                 include_last_offset, mean, out_dtype=None):
     batch = offsets[0].shape[0] - (1 if include_last_offset else 0)
     width = sum(w.shape[1] for w in weights)
-    return weights[0].new_empty((batch, width))
+    return weights[0].new_empty((batch, width), dtype=out_dtype or weights[0].dtype)
 
 
 @_fake("embedding_bags_backward_update_")

@@ -351,13 +351,20 @@ void for_each_bag_block(const BagSet& s, Fn&& fn) {
 
 at::Tensor embedding_bags_forward(at::TensorList weights, at::TensorList indices,
                                   at::TensorList offsets, at::TensorList per_sample_weights,
-                                  at::IntArrayRef padding_idx, bool include_last_offset, bool mean) {
+                                  at::IntArrayRef padding_idx, bool include_last_offset, bool mean,
+                                  std::optional<at::ScalarType> out_dtype) {
   const char* op = "ipex_train.embedding_bags_forward";
   // bf16 tables: only the top halves are read, so no trails are needed.
   BagSet s = check_bags(op, weights, {}, indices, offsets, per_sample_weights, padding_idx,
                         include_last_offset, mean, /*top_only=*/true);
-  const bool bf16 = s.tables[0].fp32 == nullptr;
-  at::Tensor out = at::empty({s.batch, s.col.back()}, weights[0].options());
+  // the output is the tables' dtype unless out_dtype is float32 (bf16 tables:
+  // the fp32 sums, unrounded)
+  TORCH_CHECK_VALUE(!out_dtype || *out_dtype == weights[0].scalar_type() ||
+                        *out_dtype == at::kFloat,
+                    op, ": out_dtype must be float32 or the tables' dtype, got ", *out_dtype);
+  const bool bf16 = s.tables[0].fp32 == nullptr && (!out_dtype || *out_dtype != at::kFloat);
+  at::Tensor out = at::empty({s.batch, s.col.back()},
+                             weights[0].options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
   void* o = out.data_ptr();
   const int64_t ld = s.col.back();
   // out-of-range ids are found (and skipped) by the kernel: first one per block
@@ -476,8 +483,8 @@ TORCH_LIBRARY_FRAGMENT(ipex_train, m) {
         "Tensor(c!)[] state1, Tensor(d!)[] state2, str rule, float[] lr, float[] eps, "
         "float[] beta1, float[] beta2, float[] step_size, bool[] maximize) -> ()");
   m.def("embedding_bags_forward(Tensor[] weights, Tensor[] indices, Tensor[] offsets, "
-        "Tensor[] per_sample_weights, int[] padding_idx, bool include_last_offset, bool mean) "
-        "-> Tensor");
+        "Tensor[] per_sample_weights, int[] padding_idx, bool include_last_offset, bool mean, "
+        "ScalarType? out_dtype=None) -> Tensor");
   m.def("embedding_bags_backward_update_(Tensor(a!)[] weights, Tensor(b!)[] trails, "
         "Tensor(c!)[] state1, Tensor(d!)[] state2, Tensor grad_output, Tensor[] indices, "
         "Tensor[] offsets, Tensor[] per_sample_weights, int[] padding_idx, "

@@ -346,3 +346,35 @@ def test_opcheck_advise_hugepages():
     torch.library.opcheck(torch.ops.ipex_train._advise_hugepages.default, (t,))
     torch.ops.ipex_train._advise_hugepages(torch.zeros(4))  # under 2 MiB: nothing to advise
     assert torch.equal(t, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("mean, weighted", [(False, False), (True, False), (False, True)])
+def test_forward_fp32_output_of_bf16_tables(mean, weighted):
+    """out_dtype=float32 on bf16 tables: the fp32 sums of the bf16 rows,
+    unrounded (the sharder pools row-wise partial sums so); the default
+    output is their bf16 rounding."""
+    torch.manual_seed(0)
+    m = FusedEmbeddingBagCollection([(40, 19), (30, 8)], mode="mean" if mean else "sum",
+                                    optimizer="sgd", dtype=torch.bfloat16,
+                                    include_last_offset=True)
+    # bags of 0..2 ids: a sum of two is the same in any order
+    lengths = [torch.randint(0, 3, (37,)) for _ in range(2)]
+    offs = [torch.cat([torch.zeros(1, dtype=torch.long), n.cumsum(0)]) for n in lengths]
+    idx = [torch.randint(0, r, (int(o[-1]),)) for r, o in zip((40, 30), offs)]
+    psw = [torch.rand(i.numel()) + 0.5 for i in idx] if weighted else []
+    op = torch.ops.ipex_train.embedding_bags_forward
+    args = (m._weights(), idx, offs, psw, m._padding, True, mean)
+    out = op(*args, torch.float32)
+    want = torch.cat([nn.functional.embedding_bag(
+        i, t.weight.float(), o, mode="mean" if mean else "sum", include_last_offset=True,
+        per_sample_weights=p) for i, o, t, p in zip(idx, offs, m._table_list(),
+                                                    psw or [None, None])], 1)
+    assert out.dtype == torch.float32
+    # mean: x * (1/n) vs x / n; weighted: the kernel may fuse w * v + acc
+    torch.testing.assert_close(out, want, rtol=2e-6, atol=0)
+    if not (mean or weighted):
+        assert torch.equal(out, want)
+    assert torch.equal(op(*args), out.bfloat16())
+    assert torch.equal(op(*args, torch.bfloat16), out.bfloat16())
+    with pytest.raises(ValueError, match="out_dtype must be float32"):
+        op(*args, torch.float16)
