@@ -253,11 +253,11 @@ class _FusedLookup(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, anchor, owner, batch, *psw):
+    def forward(ctx, anchor, owner, batch, out_dtype, *psw):
         indices, offsets = batch
         out = torch.ops.ipex_train.embedding_bags_forward(
             owner._weights(), indices, offsets, list(psw), owner._padding,
-            owner.include_last_offset, owner.mode == "mean")
+            owner.include_last_offset, owner.mode == "mean", out_dtype)
         ctx.owner, ctx.batch, ctx.done = owner, batch, False
         ctx.versions = [t._version for t in indices] + [t._version for t in offsets]
         ctx.save_for_backward(*psw)
@@ -274,12 +274,14 @@ class _FusedLookup(torch.autograd.Function):
             raise RuntimeError("fused embedding backward: indices or offsets were modified in "
                                "place after the forward; the update would use the new values")
         psw = ctx.saved_tensors
+        # the gradient in the output's dtype (float32 output of bf16 tables: the
+        # update reads the fp32 gradient as it is)
         grad_output = grad_output.contiguous()
         psw_grads = [None] * len(psw)
-        if psw and any(ctx.needs_input_grad[3:]):
+        if psw and any(ctx.needs_input_grad[4:]):
             psw_grads = owner._psw_grads(grad_output, indices, offsets)  # before the update
         owner._update(grad_output, indices, offsets, list(psw))
-        return (None, None, None) + tuple(psw_grads)
+        return (None, None, None, None) + tuple(psw_grads)
 
 
 class FusedEmbeddingBagCollection(nn.Module):
@@ -397,7 +399,11 @@ class FusedEmbeddingBagCollection(nn.Module):
         return idx.contiguous(), off.contiguous(), psw
 
     def forward(self, indices: List[torch.Tensor], offsets: Optional[List] = None,
-                per_sample_weights: Optional[List] = None) -> torch.Tensor:
+                per_sample_weights: Optional[List] = None,
+                out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Pooled [bags, sum of dims] in the tables' dtype, or float32 when
+        out_dtype=torch.float32 (bf16 tables: the fp32 sums, unrounded; the
+        backward then updates with the fp32 gradient, unrounded)."""
         n = len(self.embedding_dims)
         if len(indices) != n:
             raise ValueError(f"expected {n} index tensors (one per table), got {len(indices)}")
@@ -417,8 +423,8 @@ class FusedEmbeddingBagCollection(nn.Module):
         if not torch.is_grad_enabled():
             return torch.ops.ipex_train.embedding_bags_forward(
                 self._weights(), idx, off, psw, self._padding, self.include_last_offset,
-                self.mode == "mean")
-        return _FusedLookup.apply(self._anchor, self, (idx, off), *psw)
+                self.mode == "mean", out_dtype)
+        return _FusedLookup.apply(self._anchor, self, (idx, off), out_dtype, *psw)
 
     def _update(self, grad_output, indices, offsets, psw):
         tables = self._tables

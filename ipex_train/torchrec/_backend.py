@@ -42,8 +42,10 @@ def optimizer(collection: FusedEmbeddingBagCollection) -> torch.optim.Optimizer:
 
 
 def lookup(collection: nn.Module, indices: List[torch.Tensor], offsets: List[torch.Tensor],
-           weights: Optional[List[torch.Tensor]]) -> torch.Tensor:
-    """Pooled lookups [bags, sum of dims]; the backward updates the tables."""
+           weights: Optional[List[torch.Tensor]],
+           out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """Pooled lookups [bags, sum of dims] in the tables' dtype (float32 if
+    out_dtype says so); the backward updates the tables."""
     if weights is not None:
         weights = [w.float() for w in weights]
-    return collection(indices, offsets, per_sample_weights=weights)
+    return collection(indices, offsets, per_sample_weights=weights, out_dtype=out_dtype)

@@ -24,12 +24,15 @@ def _version() -> str:
     return getattr(torchrec, "__version__", "unknown")
 
 
+def message(what: str) -> str:
+    return (f"ipex_train.torchrec sharder: {what}. The sharder uses TorchRec internals as of "
+            f"TorchRec {EXPECTED}.x; this is TorchRec {_version()}. Install "
+            f"torchrec=={EXPECTED}.0 (scripts/install.d/40-torchrec.sh), or port "
+            "ipex_train/torchrec/sharding.py and _kernel.py (DEVELOPING.md lists what they use)")
+
+
 def _fail(what: str) -> TorchRecInternalsChanged:
-    return TorchRecInternalsChanged(
-        f"ipex_train.torchrec sharder: {what}. The sharder uses TorchRec internals as of "
-        f"TorchRec {EXPECTED}.x; this is TorchRec {_version()}. Install torchrec=={EXPECTED}.0 "
-        "(scripts/install.d/40-torchrec.sh), or port ipex_train/torchrec/sharding.py and "
-        "_kernel.py (DEVELOPING.md lists what they use)")
+    return TorchRecInternalsChanged(message(what))
 
 
 def private(obj: Any, name: str) -> Any:
@@ -73,6 +76,12 @@ def _needs() -> List[Tuple[str, Callable[[], bool]]]:
             ["self", "skip_registering"]),
         has(f"{tr}.embeddingbag", "EmbeddingBagCollectionSharder", "__init__",
             ["self", "fused_params", "qcomm_codecs_registry"]),
+        has(f"{tr}.embeddingbag", "ShardedEmbeddingBagCollection", "output_dist",
+            ["self", "ctx", "output"]),
+        has(f"{tr}.embeddingbag", "ShardedEmbeddingBagCollection", "compute_and_output_dist",
+            ["self", "ctx", "input"]),
+        # sharding.py: the row-wise mean callback we replace (found by identity)
+        has(f"{tr}.embeddingbag", "_apply_mean_pooling", params=["keyed_tensor", "divisor"]),
         # _kernel.py: the kernel's base classes and helpers
         has(f"{tr}.embedding_kernel", "BaseEmbedding"),
         has(f"{tr}.embedding_kernel", "get_state_dict",
@@ -91,9 +100,15 @@ def _needs() -> List[Tuple[str, Callable[[], bool]]]:
     ]
 
 
+_checked = False
+
+
 def check() -> None:
     """Raises TorchRecInternalsChanged unless every internal the sharder uses
-    is present with the parameters it expects."""
+    is present with the parameters it expects (checked once per process)."""
+    global _checked
+    if _checked:
+        return
     for what, test in _needs():
         try:
             ok = test()
@@ -101,3 +116,4 @@ def check() -> None:
             ok = False
         if not ok:
             raise _fail(f"{what} is missing or changed")
+    _checked = True

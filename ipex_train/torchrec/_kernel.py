@@ -18,6 +18,11 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+
+from . import _compat
+
+_compat.check()  # before importing TorchRec's internals: a clear error if they changed
+
 from fbgemm_gpu.split_embedding_configs import EmbOptimType
 from torch import nn
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor, ShardMetadata
@@ -132,6 +137,13 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         self._ebc = FusedEBC(configs, optimizer=opt, lr=lr, dtype=dtype,
                              is_weighted=config.is_weighted, **kwargs)
         self._optim = _ShardOptimizer(config, self, pg)
+        # row-wise bf16: each rank pools part of a bag; its fp32 sum goes out
+        # unrounded and the sharded EBC rounds the reduced total once, as an
+        # unsharded bf16 lookup rounds its pooled sum (ShardedFusedEBC)
+        self.partial_sums = (dtype == torch.bfloat16 and
+                             sharding_type == ShardingType.ROW_WISE)
+        if self.partial_sums:
+            self._ebc._out_dtype = torch.float32
 
     # -- BaseEmbedding ------------------------------------------------------
     @property
@@ -153,7 +165,8 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         indices = features.values().long().split(lengths)
         weights = features.weights().split(lengths) if self._config.is_weighted else None
         return _backend.lookup(self._ebc.groups[0], list(indices), list(per_key),
-                               None if weights is None else list(weights)).float()
+                               None if weights is None else list(weights),
+                               self._ebc._out_dtype).float()
 
     @property
     def fused_optimizer(self) -> FusedOptimizer:

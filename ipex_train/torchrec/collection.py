@@ -69,6 +69,9 @@ class FusedEBC(EmbeddingBagCollectionInterface):
         _check_config(tables, optimizer, lr, dtype, is_weighted, weights or {})
         self._configs = list(tables)
         self._is_weighted = is_weighted
+        # bf16 tables pool to bf16 (then widened); float32 here keeps the fp32
+        # sums unrounded (the sharder's row-wise partial sums)
+        self._out_dtype: Optional[torch.dtype] = None
         self._optimizer = optimizer
         self._names = [n for names in get_embedding_names_by_table(tables) for n in names]
         self._dims = [t.embedding_dim for t in tables for _ in t.feature_names]
@@ -139,7 +142,7 @@ class FusedEBC(EmbeddingBagCollectionInterface):
                          for i in idx]
             outs.append(_backend.lookup(
                 mod, [p[0] for p in per_table], [p[1] for p in per_table],
-                None if psw is None else [p[2] for p in per_table]))
+                None if psw is None else [p[2] for p in per_table], self._out_dtype))
         if self._direct:
             pooled = outs[0].float()
         else:

@@ -27,19 +27,29 @@ with torch.distributed.checkpoint they load at another world size or plan
 In-place resharding of a live model (update_shards, DMP.reshard) raises.
 """
 import dataclasses
+import functools
 from typing import Any, Dict, List, Optional, Type
 
 import torch
 from torch import nn
+
+from . import _compat
+
+_compat.check()  # before importing TorchRec's internals: a clear error if they changed
+
 from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torchrec.distributed.embedding_lookup import GroupedPooledEmbeddingsLookup
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import (
     EmbeddingBagCollectionSharder, ShardedEmbeddingBagCollection)
+from torchrec.distributed.embeddingbag import (
+    _apply_mean_pooling as _torchrec_mean_pooling)
 from torchrec.distributed.types import ParameterSharding, ShardingEnv, ShardingType
 from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedTensor
 
+from ._compat import private
 from ._kernel import DTYPE_KEY, FusedShardKernel, settings
 from .collection import FusedEBC
 from ipex_train.sparse.embedding import split_fp32
@@ -86,7 +96,7 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
     def _initialize_torch_state(self, skip_registering: bool = False) -> None:
         # TorchRec types each table's ShardedTensor by its config's data_type;
         # bf16-split shards are stored as bf16, so say so while it builds them
-        configs = self._table_name_to_config
+        configs = private(self, "_table_name_to_config")
         if self._fused_dtype() == torch.bfloat16:
             self._table_name_to_config = {
                 n: dataclasses.replace(c, data_type=DataType.BF16) for n, c in configs.items()}
@@ -95,19 +105,50 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
         finally:
             self._table_name_to_config = configs
 
+    def output_dist(self, ctx, output):
+        return self._rounded(super().output_dist(ctx, output))
+
+    def compute_and_output_dist(self, ctx, input):
+        return self._rounded(super().compute_and_output_dist(ctx, input))
+
+    def _rounded(self, awaitable):
+        """The pooled values after the output dist, as an unsharded lookup
+        gives them: row-wise MEAN divides each bag's reduced sum as our
+        kernel does (TorchRec's callback divides every feature by its length
+        + 1e-6, SUM ones by 1 + 1e-6), then row-wise bf16 shards' fp32
+        partial sums are rounded to bf16 once, as an unsharded bf16 lookup
+        rounds its sums, and their gradients are rounded there too: the
+        kernel then gets round(g) / world and, for MEAN, * 1/length, the
+        fp32 values the unsharded kernel computes from its bf16 gradient."""
+        callbacks = awaitable.callbacks
+        for i, cb in enumerate(callbacks):
+            if isinstance(cb, functools.partial) and cb.func is _torchrec_mean_pooling:
+                callbacks[i] = functools.partial(_mean_pooling, divisor=cb.keywords["divisor"])
+                break
+        else:
+            if private(self, "_has_mean_pooling_callback"):
+                raise _compat.TorchRecInternalsChanged(_compat.message(
+                    "ShardedEmbeddingBagCollection's mean-pooling callback "
+                    "(_apply_mean_pooling) was not found on the output awaitable"))
+        if any(k.partial_sums for k in self._kernels()):
+            callbacks.append(_round_bf16)
+        return awaitable
+
     def _fused_dtype(self) -> torch.dtype:
         kernels = self._kernels()
         return kernels[0].tables()[0].weight.dtype if kernels else torch.float32
 
     def _create_lookups(self) -> None:
-        for sharding, stype in zip(self._embedding_shardings, self._sharding_types):
-            self._lookups.append(_Lookup(
-                grouped_configs=sharding._grouped_embedding_configs, pg=sharding._pg,
-                device=torch.device("cpu"), env=sharding._env,
-                ipex_sharding_type=ShardingType(stype)))
+        for sharding, stype in zip(private(self, "_embedding_shardings"),
+                                   private(self, "_sharding_types")):
+            private(self, "_lookups").append(_Lookup(
+                grouped_configs=private(sharding, "_grouped_embedding_configs"),
+                pg=private(sharding, "_pg"), device=torch.device("cpu"),
+                env=private(sharding, "_env"), ipex_sharding_type=ShardingType(stype)))
 
     def _kernels(self) -> List[FusedShardKernel]:
-        return [k for lookup in self._lookups for k in lookup._emb_modules]
+        return [k for lookup in private(self, "_lookups")
+                for k in private(lookup, "_emb_modules")]
 
     def shards(self):
         """(table config, kernel table) for every local shard: the config's
@@ -130,6 +171,34 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
             "ipex_train sharder: in-place resharding (update_shards) is not supported; save "
             "the state_dict with torch.distributed.checkpoint and load it into a model "
             "sharded by the new plan")
+
+
+class _RoundBF16(torch.autograd.Function):
+    """x rounded to bf16 precision (kept fp32), and so is its gradient: what
+    an unsharded bf16 lookup's output and its .float() do."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.bfloat16().float()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.bfloat16().float()
+
+
+def _mean_pooling(kt: KeyedTensor, divisor: torch.Tensor) -> KeyedTensor:
+    """TorchRec's row-wise mean callback without its epsilon: divisor is each
+    value's bag length + 1e-6 (1 + 1e-6 for SUM features); values are
+    multiplied by 1/length (0 for empty bags), as our kernel's MEAN does."""
+    n = divisor.round()
+    inv = torch.where(n > 0, 1.0 / n, torch.zeros_like(n))
+    return KeyedTensor(keys=kt.keys(), length_per_key=kt.length_per_key(),
+                       values=kt.values() * inv, key_dim=kt.key_dim())
+
+
+def _round_bf16(kt: KeyedTensor) -> KeyedTensor:
+    return KeyedTensor(keys=kt.keys(), length_per_key=kt.length_per_key(),
+                       values=_RoundBF16.apply(kt.values()), key_dim=kt.key_dim())
 
 
 def _masters_out(module: ShardedFusedEBC, destination, prefix, local_metadata) -> None:

@@ -407,8 +407,10 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
                  arg("state2", i));
   check_dense_cpu(grad_output, "grad_output", op);
   const bool bf16 = s.tables[0].fp32 == nullptr;
-  TORCH_CHECK_TYPE(grad_output.scalar_type() == (bf16 ? at::kBFloat16 : at::kFloat), op,
-                   ": grad_output must be ", bf16 ? "bfloat16" : "float32",
+  // bf16 tables take a bf16 or (out_dtype=float32 forward) a float32 gradient
+  const bool grad_bf16 = grad_output.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == at::kFloat || (bf16 && grad_bf16), op,
+                   ": grad_output must be ", bf16 ? "bfloat16 or float32" : "float32",
                    " like the forward output, got ", grad_output.scalar_type());
   TORCH_CHECK_VALUE(grad_output.dim() == 2 && grad_output.size(0) == s.batch &&
                         grad_output.size(1) == s.col.back(),
@@ -438,7 +440,7 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
     w.nnz = indices[t].numel();
     w.bag_start = s.starts[t].data();
     w.bags = s.batch;
-    w.g = EmbGrad{go + s.col[t] * (bf16 ? 2 : 4), bf16, s.col.back(), s.psw[t],
+    w.g = EmbGrad{go + s.col[t] * (grad_bf16 ? 2 : 4), grad_bf16, s.col.back(), s.psw[t],
                   mean ? bag_scale[t].data() : nullptr};
   }
   EntryBuffer storage;

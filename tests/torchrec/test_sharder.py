@@ -27,8 +27,11 @@ LAUNCHES = {
                          "row_wise:adagrad:fp32:0:pipeline",
                          "row_wise:sgd:bf16:1:ckpt",
                          "table_wise:adagrad:fp32:0:fused"]),
+    # row-wise bf16 masters as exact as fp32's (fp32 partial sums, one rounding)
+    "2-ccl-rw-bf16": (2, "ccl", ["row_wise:adagrad:bf16:0", "row_wise:rowwise_adagrad:bf16:0",
+                                 "row_wise:rowwise_adagrad:bf16:1:pipeline"]),
     "3-ccl": (3, "ccl", ["table_wise:adagrad:fp32:1:ckpt", "row_wise:sgd:fp32:0:fused,single",
-                         "row_wise:rowwise_adagrad:fp32:1:pipeline"]),
+                         "row_wise:rowwise_adagrad:fp32:1:pipeline", "row_wise:sgd:bf16:1"]),
 }
 # gloo: a checkpoint saved at 2 ranks (torch.distributed.checkpoint) loads at 3
 # ranks under another plan: TorchRec's resharding path, fp32 and bf16 masters
