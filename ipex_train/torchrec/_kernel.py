@@ -126,7 +126,8 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         names = [t.name for t in config.embedding_tables]
         if len(set(names)) != len(names):
             raise ValueError(f"ipex_train sharder: a rank holds several shards of one table "
-                             f"({names}); use table-wise or row-wise sharding")
+                             f"({names}); plan its column-wise shards on different ranks (or "
+                             "use table-wise or row-wise sharding)")
         configs = [EmbeddingBagConfig(
             name=t.name, num_embeddings=t.local_rows, embedding_dim=t.local_cols,
             feature_names=list(t.feature_names), pooling=pooling,

@@ -54,7 +54,11 @@ from ._kernel import DTYPE_KEY, FusedShardKernel, settings
 from .collection import FusedEBC
 from ipex_train.sparse.embedding import split_fp32
 
-SHARDING_TYPES = (ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value)
+SHARDING_TYPES = (ShardingType.TABLE_WISE.value, ShardingType.ROW_WISE.value,
+                  ShardingType.COLUMN_WISE.value)
+_CW_REFUSED = ("row-wise Adagrad keeps one sum per row over all of its columns; a "
+               "column-wise shard would sum only its own columns (another optimizer than "
+               "the unsharded one), so it is not offered")
 
 
 class _Lookup(GroupedPooledEmbeddingsLookup):
@@ -82,6 +86,11 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
             if ps.sharding_type not in SHARDING_TYPES:
                 raise ValueError(f"ipex_train sharder: table {name!r} is planned "
                                  f"{ps.sharding_type}; supported: {list(SHARDING_TYPES)}")
+        opt = settings(fused_params)[0]
+        for name, ps in table_name_to_parameter_sharding.items():
+            if ps.sharding_type == ShardingType.COLUMN_WISE.value and opt == "rowwise_adagrad":
+                raise ValueError(f"ipex_train sharder: table {name!r} is planned column_wise "
+                                 f"with rowwise_adagrad: {_CW_REFUSED}")
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"ipex_train sharder: the fused tables live on the CPU, got "
                              f"device {device}")
@@ -255,6 +264,8 @@ class FusedEBCSharder(EmbeddingBagCollectionSharder):
         super().__init__(fused_params=fp, qcomm_codecs_registry=qcomm_codecs_registry)
 
     def sharding_types(self, compute_device_type: str) -> List[str]:
+        if settings(self.fused_params)[0] == "rowwise_adagrad":  # see _CW_REFUSED
+            return [t for t in SHARDING_TYPES if t != ShardingType.COLUMN_WISE.value]
         return list(SHARDING_TYPES)
 
     def compute_kernels(self, sharding_type: str, compute_device_type: str) -> List[str]:

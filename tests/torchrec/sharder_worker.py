@@ -142,8 +142,10 @@ class Reference:
 
 
 def plan(model, sharders, sharding, world):
-    constraints = {t[0]: ParameterConstraints(sharding_types=[sharding],
-                                              compute_kernels=["fused"]) for t in TABLES}
+    # column-wise: shards of 4 columns, so the 8-wide tables split in two
+    constraints = {t[0]: ParameterConstraints(
+        sharding_types=[sharding], compute_kernels=["fused"],
+        min_partition=4 if sharding == "column_wise" else None) for t in TABLES}
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"),
                                        constraints=constraints)
     p = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
@@ -241,7 +243,7 @@ def run_case(case, rank, world, backend):
     dtype, weighted = DTYPES[dtype], weighted == "1"
     global SHARED, WORLD
     SHARED, WORLD = "single" not in flags, world
-    exact = sharding == "table_wise" and world == 2
+    exact = sharding in ("table_wise", "column_wise") and world == 2
     ref = Reference(opt, dtype, weighted, world)
     model = ref.fresh_model()
     if "fused" in flags:  # a fuse_embeddings model keeps its settings and weights
@@ -352,18 +354,29 @@ def check_reshard(dmp, case, opt, dtype, weighted):
 
 
 def check_refusals(rank, world, backend):
-    """What the sharder does not do fails loudly: a column-wise plan (made for
-    TorchRec's own sharder) and resharding."""
+    """What the sharder does not do fails loudly: a table-column-wise plan (made
+    for TorchRec's own sharder), column-wise with row-wise Adagrad, and
+    resharding."""
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     model = Reference("sgd", torch.float32, False, world).fresh_model()
-    cw = plan(model, [EmbeddingBagCollectionSharder()], "column_wise", world)
+    dp = plan(model, [EmbeddingBagCollectionSharder()], "table_column_wise", world)
     try:
-        DistributedModelParallel(model, device=torch.device("cpu"), plan=cw,
+        DistributedModelParallel(model, device=torch.device("cpu"), plan=dp,
                                  sharders=itr.sharders())
     except ValueError as e:
-        assert "column_wise" in str(e) and "supported" in str(e), e
+        assert "table_column_wise" in str(e) and "supported" in str(e), e
     else:
-        raise AssertionError("a column-wise plan was accepted")
+        raise AssertionError("a table-column-wise plan was accepted")
+    assert "column_wise" not in itr.sharders(optimizer="rowwise_adagrad")[0].sharding_types("cpu")
+    model = Reference("sgd", torch.float32, False, world).fresh_model()
+    cw = plan(model, itr.sharders(), "column_wise", world)
+    try:
+        DistributedModelParallel(model, device=torch.device("cpu"), plan=cw,
+                                 sharders=itr.sharders(optimizer="rowwise_adagrad"))
+    except ValueError as e:
+        assert "column_wise with rowwise_adagrad" in str(e), e
+    else:
+        raise AssertionError("a column-wise plan with row-wise Adagrad was accepted")
     model = Reference("sgd", torch.float32, False, world).fresh_model()
     sharders = itr.sharders()
     dmp = DistributedModelParallel(model, device=torch.device("cpu"),

@@ -30,12 +30,15 @@ LAUNCHES = {
     # row-wise bf16 masters as exact as fp32's (fp32 partial sums, one rounding)
     "2-ccl-rw-bf16": (2, "ccl", ["row_wise:adagrad:bf16:0", "row_wise:rowwise_adagrad:bf16:0",
                                  "row_wise:rowwise_adagrad:bf16:1:pipeline"]),
+    # column-wise (8-wide tables in two 4-column shards): bit-exact at 2 ranks
+    "2-ccl-cw": (2, "ccl", ["column_wise:sgd:fp32:0:ckpt", "column_wise:adagrad:bf16:1:pipeline"]),
     "3-ccl": (3, "ccl", ["table_wise:adagrad:fp32:1:ckpt", "row_wise:sgd:fp32:0:fused,single",
-                         "row_wise:rowwise_adagrad:fp32:1:pipeline", "row_wise:sgd:bf16:1"]),
+                         "row_wise:rowwise_adagrad:fp32:1:pipeline", "row_wise:sgd:bf16:1",
+                         "column_wise:adagrad:fp32:0"]),
 }
 # gloo: a checkpoint saved at 2 ranks (torch.distributed.checkpoint) loads at 3
 # ranks under another plan: TorchRec's resharding path, fp32 and bf16 masters
-SAVE = (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "refusals",
+SAVE = (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "refusals", "column_wise:sgd:bf16:0",
                     "table_wise:adagrad:fp32:0:dcpsave", "table_wise:adagrad:bf16:0:ckpt"])
 LOAD = (3, "gloo", ["row_wise:sgd:bf16:0", "table_wise:rowwise_adagrad:fp32:1",
                     "row_wise:adagrad:fp32:0:dcpload"])
@@ -88,5 +91,7 @@ def test_sharder_takes_fbgemm_fused_params():
     s = itr.sharders(fused_params={"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
                                    "learning_rate": 0.3})[0]
     assert s.fused_params["optimizer"] == EmbOptimType.EXACT_ROWWISE_ADAGRAD
+    # column-wise shards would change row-wise Adagrad (one sum per row over all columns)
     assert s.sharding_types("cpu") == ["table_wise", "row_wise"]
+    assert itr.sharders()[0].sharding_types("cpu") == ["table_wise", "row_wise", "column_wise"]
     assert s.compute_kernels("row_wise", "cpu") == ["fused"]
