@@ -13,9 +13,18 @@ The model is benchmarks/torchrec_ebc.py's: 26 Criteo-shaped tables (rows
 capped by --rows), dim 64, one Zipf-skewed id per feature, --batch samples
 per rank, then a Linear to one logit. Prints median ms per step (rank 0;
 every rank runs in lockstep), wall and the main thread's CPU time, and the
-ratios.
+ratios; then, per rank, the CPU time of its embedding kernels alone (every
+lookup module, FBGEMM's or ours, forward + backward-with-update on the
+inputs one DMP step gave it): the embedding-only share of the step, the
+rest being TorchRec's distribution, the dense head, DDP and autograd, the
+same code on both sides.
 
     python benchmarks/torchrec_dmp.py [--rows 100000] [--batch 1024] [--steps 10]
+        [--only ccl|gloo] [--profile N]   # N: torch.profiler's top ops per rank
+
+--profile's tables are wall time (waits and other sessions' load included);
+use it with --only gloo: over ccl one run's rank spun in a collective under
+the profiler for minutes (seen once, not investigated).
 """
 import argparse
 import json

@@ -13,7 +13,15 @@ all-to-all), output distribution (pooled all-to-all / reduce-scatter),
 planner, state_dict (ShardedTensors) and fused optimizer; its lookups hold
 FusedShardKernel (_kernel.py) instead of FBGEMM's BatchedFusedEmbeddingBag.
 
-Sharding types: table-wise and row-wise (compute kernel "fused").
+Sharding types (compute kernel "fused"): table-wise, row-wise, and
+column-wise (each shard a [rows, some columns] table on our kernel; TorchRec
+concatenates the pooled columns), except column-wise with row-wise Adagrad,
+whose per-row sum spans all of a row's columns.
+Row-wise: our kernel pools a partial sum per shard; TorchRec reduce-scatters
+them. For MEAN pooling TorchRec's own callback divides every feature by its
+bag length + 1e-6 (SUM features by 1 + 1e-6); ours replaces it by the
+kernel's rule (x * 1/length). bf16 tables send fp32 partial sums; the total
+and its gradient are rounded to bf16 once, where the unsharded lookup rounds.
 Weights: a materialised source module's weights (and a FusedEBC's Adagrad
 sums) are copied into the shards; a meta-device module's shards start as
 TorchRec's do (uniform in +-1/sqrt(rows)).
