@@ -163,11 +163,13 @@ class FusedShardKernel(BaseEmbedding, FusedOptimizerModule):
         per_key = torch.cat([offsets[:-1].view(len(keys), batch),
                              offsets[batch::batch].view(len(keys), 1)], dim=1)
         per_key = (per_key - per_key[:, :1]).unbind(0)  # each key's [B + 1], from 0
-        indices = features.values().long().split(lengths)
-        weights = features.weights().split(lengths) if self._config.is_weighted else None
+        indices = features.values().long().contiguous().split(lengths)
+        if not self._config.is_weighted:
+            return _backend.lookup_prepared(self._ebc.groups[0], list(indices), list(per_key),
+                                            self._ebc._out_dtype).float()
+        weights = features.weights().split(lengths)
         return _backend.lookup(self._ebc.groups[0], list(indices), list(per_key),
-                               None if weights is None else list(weights),
-                               self._ebc._out_dtype).float()
+                               list(weights), self._ebc._out_dtype).float()
 
     @property
     def fused_optimizer(self) -> FusedOptimizer:
