@@ -22,9 +22,9 @@ same code on both sides.
     python benchmarks/torchrec_dmp.py [--rows 100000] [--batch 1024] [--steps 10]
         [--only ccl|gloo] [--profile N]   # N: torch.profiler's top ops per rank
 
---profile's tables are wall time (waits and other sessions' load included);
-use it with --only gloo: over ccl one run's rank spun in a collective under
-the profiler for minutes (seen once, not investigated).
+--profile's tables are wall time (waits and other sessions' load included).
+Over ccl one run's rank spun in a collective under the profiler for minutes
+(seen once, not investigated; DEVELOPING.md).
 """
 import argparse
 import json
