@@ -378,3 +378,25 @@ def test_forward_fp32_output_of_bf16_tables(mean, weighted):
     assert torch.equal(op(*args, torch.bfloat16), out.bfloat16())
     with pytest.raises(ValueError, match="out_dtype must be float32"):
         op(*args, torch.float16)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rowwise_adagrad"])
+def test_fp32_output_of_bf16_tables_trains_with_the_fp32_gradient(optimizer):
+    """forward(out_dtype=float32) on bf16 tables: the backward applies the fp32
+    gradient as given; a bf16-representable one updates exactly as the bf16
+    output's backward does with that gradient in bf16."""
+    torch.manual_seed(0)
+    a = FusedEmbeddingBagCollection([(40, 19), (30, 8)], mode="mean", optimizer=optimizer,
+                                    lr=0.1, dtype=torch.bfloat16, include_last_offset=True)
+    b = copy.deepcopy(a)
+    before = [t.master_weight().clone() for t in a._table_list()]
+    offs = [torch.tensor([0, 2, 2, 5]), torch.tensor([0, 1, 3, 4])]
+    idx = [torch.tensor([1, 7, 7, 3, 39]), torch.tensor([0, 29, 5, 5])]
+    g = torch.randn(3, 27).bfloat16()
+    out = a(idx, offs, out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    out.backward(g.float())
+    b(idx, offs).backward(g)
+    for ta, tb, w0 in zip(a._table_list(), b._table_list(), before):
+        assert torch.equal(ta.master_weight(), tb.master_weight())
+        assert not torch.equal(ta.master_weight(), w0)  # it trained
