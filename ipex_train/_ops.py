@@ -129,3 +129,15 @@ def table_tensor(shape, dtype):
     if t.numel():
         torch.ops.ipex_train._advise_hugepages(t)
     return t
+
+
+# --- DCNv2 cross-layer epilogues (cross_ops.cpp) -----------------------------
+
+@_fake("cross_forward_")
+def _cross_forward_fake(y, c, x0, xl):
+    return torch.empty_like(y, memory_format=torch.contiguous_format)
+
+
+@_fake("cross_backward_")
+def _cross_backward_fake(g, x0, z, acc, accumulate, add_g):
+    return torch.empty_like(g, memory_format=torch.contiguous_format), g.new_empty((g.shape[1],))

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ipex_train.nn.functional import low_rank_cross
+
 from .model import mlp, run_mlp
 
 
@@ -37,9 +39,12 @@ class LowRankCross(nn.Module):
         stored in another dtype are cast on the fly, as ``run_mlp`` does."""
         dtype = dtype or x0.dtype
         x0 = x0.to(dtype)
+        weights = [[p.to(dtype) for p in ps] for ps in (self.V_kernels, self.W_kernels, self.bias)]
+        if dtype in (torch.float32, torch.bfloat16) and not torch.is_autocast_enabled("cpu"):
+            return low_rank_cross(x0, *weights)  # one node, native epilogues
         x = x0
-        for v, w, c in zip(self.V_kernels, self.W_kernels, self.bias):
-            xw = F.linear(F.linear(x, v.to(dtype)), w.to(dtype), c.to(dtype))
+        for v, w, c in zip(*weights):
+            xw = F.linear(F.linear(x, v), w, c)
             x = torch.addcmul(x, x0, xw)
         return x
 

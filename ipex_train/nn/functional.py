@@ -108,3 +108,96 @@ def linear_relu(x, weight, bias):
                         f"{weight.dtype}, {bias.dtype}")
     with torch.autocast("cpu", enabled=False):
         return _LinearReLU.apply(x, weight, bias)
+
+
+class _LowRankCross(torch.autograd.Function):
+    """DCNv2's low-rank cross layers as one autograd node: per layer two
+    GEMMs and one native epilogue pass forward (cross_forward_: bias, x0 *
+    (.), + x_l), one native pass and four GEMMs backward (cross_backward_:
+    the x0 product, the bias-gradient column sums and the x0-gradient
+    accumulation; x_l's gradient accumulates inside the last GEMM), instead
+    of autograd's separate bias copy, addcmul, muls, sums and adds."""
+
+    @staticmethod
+    def forward(ctx, x0, layers, *params):
+        vs, ws, cs = params[:layers], params[layers:2 * layers], params[2 * layers:]
+        x0 = x0.contiguous()
+        x, xs, hs, zs = x0, [], [], []
+        for v, w, c in zip(vs, ws, cs):
+            h = torch.mm(x, v.t())
+            y = torch.mm(h, w.t())
+            xs.append(x)
+            hs.append(h)
+            x = torch.ops.ipex_train.cross_forward_(y, c, x0, x)  # y becomes z = y + c
+            zs.append(y)
+        ctx.layers = layers
+        ctx.save_for_backward(x0, *xs[1:], *hs, *zs, *vs, *ws)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        L = ctx.layers
+        saved = ctx.saved_tensors
+        x0 = saved[0]
+        xs = [x0, *saved[1:L]]
+        hs, zs = saved[L:2 * L], saved[2 * L:3 * L]
+        vs, ws = saved[3 * L:4 * L], saved[4 * L:5 * L]
+        g = grad.contiguous()
+        acc = torch.empty_like(x0)  # the gradient of x0 through the x0 * (.) products
+        gv, gw, gc = [None] * L, [None] * L, [None] * L
+        for i in reversed(range(L)):
+            # i == 0: x_0 is x0, so the pass-through gradient g joins acc there
+            gz, gc[i] = torch.ops.ipex_train.cross_backward_(g, x0, zs[i], acc, i != L - 1, i == 0)
+            gw[i] = gz.t().mm(hs[i])
+            gh = gz.mm(ws[i])
+            gv[i] = gh.t().mm(xs[i])
+            if i == 0:
+                acc.addmm_(gh, vs[i])
+            elif i == L - 1:
+                g = torch.addmm(g, gh, vs[i])  # not in place: autograd owns `grad`
+            else:
+                g.addmm_(gh, vs[i])
+        return (acc, None, *gv, *gw, *gc)
+
+
+def low_rank_cross(x0, V, W, c):
+    """DCNv2's low-rank cross network: x_{l+1} = x0 * (W_l (V_l x_l) + c_l) + x_l.
+
+    x0: [B, n]; V: rank x n matrices, W: n x rank, c: [n] biases, one per
+    layer (lists of equal length), all one dtype, float32 or bfloat16.
+    Returns x_L [B, n]. The GEMMs are torch's (oneDNN); the elementwise parts
+    are native passes with one rounding per step of
+    :func:`low_rank_cross_reference` (``x0 * z + x_l`` in fp32, no fma, then
+    rounded), so the forward is bitwise that reference's; the gradients equal
+    its autograd's within rounding (GEMMs and sums in another order).
+    Not for autocast: the caller casts (``examples/dlrm/dcn.py`` does).
+    """
+    L = len(V)
+    if not (len(W) == len(c) == L):
+        raise ValueError(f"low_rank_cross: V, W and c need one entry per layer, got {len(V)}, "
+                         f"{len(W)}, {len(c)}")
+    if x0.dim() != 2:
+        raise ValueError(f"low_rank_cross: x0 must be [B, n], got shape {tuple(x0.shape)}")
+    n = x0.shape[1]
+    for v, w, b in zip(V, W, c):
+        if v.dim() != 2 or v.shape[1] != n or tuple(w.shape) != (n, v.shape[0]) or \
+                tuple(b.shape) != (n,):
+            raise ValueError(f"low_rank_cross: for n = {n} each layer needs V [r, n], W [n, r], "
+                             f"c [n], got {tuple(v.shape)}, {tuple(w.shape)}, {tuple(b.shape)}")
+        if not (x0.dtype == v.dtype == w.dtype == b.dtype):
+            raise TypeError(f"low_rank_cross: x0 and the weights must have one dtype, got "
+                            f"{x0.dtype}, {v.dtype}, {w.dtype}, {b.dtype}")
+    if x0.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"low_rank_cross: float32 or bfloat16 only, got {x0.dtype}")
+    if L == 0:
+        return x0
+    return _LowRankCross.apply(x0, L, *V, *W, *c)
+
+
+def low_rank_cross_reference(x0, V, W, c):
+    """Plain-PyTorch form of :func:`low_rank_cross` (autograd's own backward)."""
+    x = x0
+    for v, w, b in zip(V, W, c):
+        z = torch.mm(torch.mm(x, v.t()), w.t()) + b
+        x = (x.float() + x0.float() * z.float()).to(x0.dtype)
+    return x
