@@ -50,6 +50,19 @@ def dense_parameters(model, ebc):
     return [p for p in model.parameters() if id(p) not in fused]
 
 
+def cpu_name():
+    """'model name (family F model M)' from /proc/cpuinfo (VMs often shorten the name)."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return "unknown CPU"
+    return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} " \
+           f"model {info.get('model', '?')})"
+
+
 def fmt(x, width=10):
     return f"{x:{width}.0f} samples/s" if isinstance(x, float) else x
 

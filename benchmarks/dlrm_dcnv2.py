@@ -20,11 +20,17 @@ sparse one, more state traffic). Variants:
 
 Every variant runs one step per round in a rotating order (a noisy machine
 slows all alike); samples/s use the minimum over the rounds, the median is
-printed beside it. Then ours' per-component breakdown: each part's forward +
-backward (and the optimizer step) timed alone on the same batch, minimum
-over rounds; "other" is the step's minimum less their sum.
+printed beside it (--clock cpu: the process's CPU seconds instead of wall
+time, for a shared machine). Then the GEMM compute bound: every matmul of
+the step (bottom MLP, cross network, top MLP; forward, grad-input except
+the first layer's, grad-weight) timed alone at its own shape and layout in
+this run, the faster of torch.mm and oneDNN's linear, summed; fp32 and bf16,
+with ours as a share of it. Then ours' per-component breakdown: each part's
+forward + backward (and the optimizer step) timed alone on the same batch,
+minimum over rounds; "other" is the step's minimum less their sum.
 
 Usage: python benchmarks/dlrm_dcnv2.py [--steps N] [--max-rows N] [--batch-size N]
+                                       [--threads N] [--clock wall|cpu]
 """
 import argparse
 import os
@@ -41,7 +47,7 @@ sys.path[:] = [os.path.join(ROOT, "examples")] + [
     p for p in sys.path if os.path.abspath(p or ".") != HERE]
 sys.path.append(HERE)
 
-from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters,  # noqa: E402
+from _dlrm_common import (VARIANTS, autocast_steps, cpu_name, dense_parameters,  # noqa: E402
                           print_rates, stock_tables, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 from dlrm.config import NUM_DENSE, NUM_SPARSE, model_config  # noqa: E402
@@ -122,7 +128,47 @@ def torchrec_steps(cfg, data):
     return autocast_steps(lambda b: model(b.dense, kjts[id(b)]).squeeze(1), opt)
 
 
-def components(trainer, b, rounds):
+def step_matmuls(cfg):
+    """(A shape, B shape, A transposed, B transposed) of every matmul of one
+    DCNv2 training step, as ours runs them (A @ B; a transposed operand is a
+    transposed view of a contiguous tensor)."""
+    b, r = cfg.batch_size, cfg.cross_rank
+    bottom, top = cfg.mlp_sizes()
+    n = (NUM_SPARSE + 1) * bottom[-1]
+    mms = []
+    layers = [(NUM_DENSE, bottom[0], False)] + [(i, o, True) for i, o in zip(bottom, bottom[1:])]
+    layers += [(i, o, True) for i, o in zip([n] + list(top), top)]
+    for n_in, n_out, need_dx in layers:  # x W^T; g^T x; g W
+        mms += [((b, n_in), (n_in, n_out), False, True), ((n_out, b), (b, n_in), True, False)]
+        mms += [((b, n_out), (n_out, n_in), False, False)] if need_dx else []
+    for _ in range(cfg.cross_layers):  # x V^T, h W^T; gz^T h, gz W, gh^T x, gh V
+        mms += [((b, n), (n, r), False, True), ((b, r), (r, n), False, True),
+                ((n, b), (b, r), True, False), ((b, n), (n, r), False, False),
+                ((r, b), (b, n), True, False), ((b, r), (r, n), False, False)]
+    return mms
+
+
+def gemm_bound(cfg, dtype, rounds, clock):
+    """The step's matmuls alone: (seconds per step, FLOPs per step), each at
+    the faster of torch.mm and oneDNN's linear (minimum over `rounds`)."""
+    fns, flops = {}, 0
+    for k, (sa, sb, ta, tb) in enumerate(step_matmuls(cfg)):
+        a = torch.randn(*(sa[::-1] if ta else sa)).to(dtype)
+        m = torch.randn(*(sb[::-1] if tb else sb)).to(dtype)
+        a, m = (a.t() if ta else a), (m.t() if tb else m)
+        fns[(k, "mm")] = lambda r, a=a, m=m: torch.mm(a, m)
+        if torch.backends.mkldnn.is_available():
+            fns[(k, "onednn")] = lambda r, a=a, m=m: torch.ops.mkldnn._linear_pointwise(
+                a, m.t(), None, "none", [], "")
+        flops += 2 * sa[0] * sa[1] * sb[1]
+    t = interleaved(fns, rounds, 1, clock)
+    best = {}
+    for (k, _), v in t.items():
+        best[k] = min(best.get(k, v[0]), v[0])
+    return sum(best.values()), flops
+
+
+def components(trainer, b, rounds, clock):
     """Ours' parts timed alone on batch `b`: {name: min seconds}."""
     d = trainer.dense
     dtype = d.compute_dtype or d.bottom[0].weight.dtype
@@ -144,7 +190,7 @@ def components(trainer, b, rounds):
         "top MLP": fb(lambda: run_mlp(d.top, xl, dtype)),
         "optimizer": lambda r: trainer.opt.step(),
     }
-    t = interleaved(parts, rounds, 1)
+    t = interleaved(parts, rounds, 1, clock)
     return {k: v[0] for k, v in t.items()}
 
 
@@ -155,6 +201,10 @@ def main():
     p.add_argument("--max-rows", type=int, default=100_000)
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: the process's CPU seconds (all its threads; robust to other "
+                   "processes' load on a shared machine, but it counts OpenMP threads "
+                   "spinning at barriers)")
     args = p.parse_args()
     import ipex_train
     from dlrm.trainer import Trainer
@@ -170,8 +220,9 @@ def main():
           f"MLPs 13-512-256-128 / 3456-1024-1024-512-256-1, "
           f"cross 3 x rank 512, tables capped at {args.max_rows} rows ({sum(cfg32.table_sizes())} "
           f"rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, ISA {ipex_train.isa()}",
-          flush=True)
+          f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"ISA {ipex_train.isa()}, clock {args.clock}", flush=True)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     steps = dict(zip(VARIANTS[:2], stock_steps(cfg32)))
     steps.update(zip(VARIANTS[2:4], torchrec_steps(cfg32, data)))
     ours = {"ours fp32": Trainer(cfg32), "ours bf16": Trainer(cfg16)}
@@ -179,12 +230,20 @@ def main():
         steps[k] = tr.train_step
     runnable = {k: f for k, f in steps.items() if callable(f)}
     t = interleaved({k: (lambda r, f=f: f(data[r % len(data)])) for k, f in runnable.items()},
-                    args.steps, args.warmup)
+                    args.steps, args.warmup, clock)
     rate = {k: (args.batch_size / t[k][0] if k in t else steps[k]) for k in VARIANTS}
-    print(f"ms/step min / median over {args.steps} rounds")
+    what = "CPU ms/step (process time)" if args.clock == "cpu" else "ms/step"
+    print(f"{what} min / median over {args.steps} rounds")
     print_rates(t, rate, ("3x", "2x", "2x", "1.8x"), ms_width=8, rate_width=8)
+    for dt, name in ((torch.float32, "ours fp32"), (torch.bfloat16, "ours bf16")):
+        secs, flops = gemm_bound(cfg32, dt, 3, clock)
+        share = f"{secs / t[name][0]:.0%}" if name in t else "n/a"
+        print(f"  GEMM bound {str(dt)[6:]:8s}: {flops / 1e9:.0f} GFLOP/step of matmuls at "
+              f"{flops / secs / 1e9:.0f} GFLOP per {'CPU ' if args.clock == 'cpu' else ''}s = "
+              f"{secs * 1e3:.0f} ms/step ({args.batch_size / secs:.0f} samples/s); "
+              f"{name} at {share} of it", flush=True)
     for k, tr in ours.items():
-        parts = components(tr, data[0], max(2, args.steps // 2))
+        parts = components(tr, data[0], max(2, args.steps // 2), clock)
         parts["other"] = max(0.0, t[k][0] - sum(parts.values()))
         print(f"  {k} breakdown (ms, parts alone): " +
               ", ".join(f"{n} {s * 1e3:.1f}" for n, s in parts.items()), flush=True)
