@@ -117,7 +117,7 @@ def _mm(a, b):
     """a @ b. fp32 through oneDNN's linear (10-25% faster than torch.mm's
     fp32 GEMM on AVX-512 CPUs, measured in DEVELOPING.md); bf16 torch.mm
     (oneDNN already)."""
-    if _ONEDNN and a.dtype == torch.float32:
+    if _ONEDNN and a.dtype == torch.float32 and a.numel() and b.numel():  # oneDNN: no empty
         return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
     return torch.mm(a, b)
 
@@ -180,8 +180,9 @@ def low_rank_cross(x0, V, W, c):
     Returns x_L [B, n]. The GEMMs are oneDNN's (fp32 too); the elementwise parts
     are native passes with one rounding per step of
     :func:`low_rank_cross_reference` (``x0 * z + x_l`` in fp32, no fma, then
-    rounded), so the forward is bitwise that reference's; the gradients equal
-    its autograd's within rounding (GEMMs and sums in another order).
+    rounded), so in bf16 the forward is bitwise that reference's (in fp32
+    within the rounding of torch.mm's GEMM against oneDNN's); the gradients
+    equal its autograd's within rounding (GEMMs and sums in another order).
     Not for autocast: the caller casts (``examples/dlrm/dcn.py`` does).
     """
     L = len(V)

@@ -5,9 +5,10 @@ Function (ipex_train.nn.functional.low_rank_cross) against plain PyTorch.
 - cross_forward_ / cross_backward_: bitwise against plain-PyTorch replays of
   their rounding order (fp32 and bf16, odd sizes, every ISA level, 1 and 2
   threads); the bias gradient replays the fixed 64-row block order.
-- low_rank_cross: forward bitwise equal to low_rank_cross_reference, the
-  gradients of x0 and every weight within rounding of its autograd (fp32
-  1e-5 relative; bf16 a few bf16 ulps of the largest value).
+- low_rank_cross: forward bitwise equal to low_rank_cross_reference in bf16
+  (same oneDNN GEMMs), within 1e-5 relative in fp32 (ours runs oneDNN's fp32
+  GEMM, the reference torch.mm's); the gradients of x0 and every weight within
+  rounding of its autograd (fp32 1e-5 relative; bf16 2^-6 of the largest value).
 """
 import pytest
 import torch
@@ -141,7 +142,10 @@ def test_low_rank_cross_matches_reference(b, n, layers, rank, dtype):
     x0.requires_grad_()
     out = low_rank_cross(x0, V, W, c)
     ref = low_rank_cross_reference(x0, V, W, c)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    if dtype == torch.bfloat16:
+        torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    else:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn(b, n, generator=torch.Generator().manual_seed(4)).to(dtype)
     params = [x0, *V, *W, *c]
     got = torch.autograd.grad(out, params, g)
