@@ -6,13 +6,15 @@ Function (ipex_train.nn.functional.low_rank_cross) against plain PyTorch.
   their rounding order (fp32 and bf16, odd sizes, every ISA level, 1 and 2
   threads); the bias gradient replays the fixed 64-row block order.
 - low_rank_cross: forward bitwise equal to low_rank_cross_reference in bf16
-  (same oneDNN GEMMs), within 1e-5 relative in fp32 (ours runs oneDNN's fp32
-  GEMM, the reference torch.mm's); the gradients of x0 and every weight within
+  (same oneDNN GEMMs) and in fp32 with torch's GEMMs (IPEX_TRAIN_GEMM=torch),
+  within 1e-5 relative in fp32 with oneDNN's (the default; the reference
+  runs torch.mm's); the gradients of x0 and every weight within
   rounding of its autograd (fp32 1e-5 relative; bf16 2^-6 of the largest value).
 """
 import pytest
 import torch
 
+import ipex_train.nn.functional as ipf
 from ipex_train.nn.functional import low_rank_cross, low_rank_cross_reference
 
 DTYPES = [torch.float32, torch.bfloat16]
@@ -133,16 +135,28 @@ def _weights(n, layers, rank, dtype, seed):
     return V, W, c
 
 
+@pytest.fixture(params=["onednn", "torch"])
+def gemm(request, monkeypatch):
+    """The fp32 GEMMs: oneDNN's linear (the default) or torch.mm (IPEX_TRAIN_GEMM=torch)."""
+    if request.param == "onednn":
+        if ipf._onednn_linear() is None:
+            pytest.skip("torch without oneDNN")
+        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", ipf._onednn_linear())
+    else:
+        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", None)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("b,n,layers,rank", [(5, 12, 3, 4), (1, 7, 1, 7), (0, 6, 2, 3),
                                              (70, 30, 2, 1), (130, 96, 3, 16)])
-def test_low_rank_cross_matches_reference(b, n, layers, rank, dtype):
+def test_low_rank_cross_matches_reference(b, n, layers, rank, dtype, gemm):
     V, W, c = _weights(n, layers, rank, dtype, b + n)
     x0 = (torch.randn(b, n, generator=torch.Generator().manual_seed(3))).to(dtype)
     x0.requires_grad_()
     out = low_rank_cross(x0, V, W, c)
     ref = low_rank_cross_reference(x0, V, W, c)
-    if dtype == torch.bfloat16:
+    if dtype == torch.bfloat16 or gemm == "torch":
         torch.testing.assert_close(out, ref, rtol=0, atol=0)
     else:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
