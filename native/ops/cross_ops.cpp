@@ -30,7 +30,9 @@ void check(const char* op, const char* name, const at::Tensor& t, int64_t dim) {
 
 // Checks the [rows, n] operands (and c [n] when given): one dtype, one shape;
 // `written` ones must be contiguous (they are updated in place).
-void check_all(const char* op, std::initializer_list<std::pair<const at::Tensor*, const char*>> mats,
+using Named = std::pair<const at::Tensor*, const char*>;
+
+void check_all(const char* op, std::initializer_list<Named> mats,
                std::initializer_list<const at::Tensor*> written, const at::Tensor* c) {
   const at::Tensor& first = *mats.begin()->first;
   for (auto [t, name] : mats) {
@@ -73,8 +75,8 @@ at::Tensor cross_forward_(at::Tensor& y, const at::Tensor& c_in, const at::Tenso
 std::tuple<at::Tensor, at::Tensor> cross_backward_(const at::Tensor& g_in, const at::Tensor& x0_in,
                                                    const at::Tensor& z_in, at::Tensor& acc,
                                                    bool accumulate, bool add_g) {
-  check_all("ipex_train.cross_backward_", {{&g_in, "g"}, {&x0_in, "x0"}, {&z_in, "z"}, {&acc, "acc"}},
-            {&acc}, nullptr);
+  check_all("ipex_train.cross_backward_",
+            {{&g_in, "g"}, {&x0_in, "x0"}, {&z_in, "z"}, {&acc, "acc"}}, {&acc}, nullptr);
   const at::Tensor g = g_in.contiguous(), x0 = x0_in.contiguous(), z = z_in.contiguous();
   const int64_t rows = g.size(0), n = g.size(1);
   const int64_t blocks = (rows + kCrossRowBlock - 1) / kCrossRowBlock;
