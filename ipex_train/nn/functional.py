@@ -144,6 +144,7 @@ class _LowRankCross(torch.autograd.Function):
         return x
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         L = ctx.layers
         saved = ctx.saved_tensors
