@@ -159,6 +159,48 @@ static inline void weighted_rows(const float* rows, const float* gz, int64_t n, 
   __builtin_memcpy(acc + d0, a, sizeof a);
 }
 
+// weighted_rows for rows i and i + 1 at once (each t_j chunk loaded once for
+// both): the same terms in the same order per row; j = i feeds only row
+// i + 1, j = i + 1 only row i.
+template <int NB>
+static inline void weighted_row_pair(const float* rows, const float* gz, int64_t n, int64_t i,
+                                     int64_t dpad, int64_t d0, float* acc0, float* acc1) {
+  ipt_v16 a[NB], c[NB];
+  for (int k = 0; k < NB; ++k) a[k] = c[k] = ipt_v16{};
+  const float* gi = gz + i * (i - 1) / 2;
+  const float* gi1 = gz + (i + 1) * i / 2;
+  for (int64_t j = 0; j < i; ++j) {
+    const float g0 = gi[j], g1 = gi1[j];
+    const float* r = rows + j * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      const ipt_v16 t = load16(r + k * kLanes);
+      a[k] = a[k] + g0 * t;
+      c[k] = c[k] + g1 * t;
+    }
+  }
+  {  // j = i: row i + 1 only; j = i + 1: row i only (the same pair gradient g_{i+1,i})
+    const float g = gi1[i];
+    const float* ri = rows + i * dpad + d0;
+    const float* ri1 = rows + (i + 1) * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      c[k] = c[k] + g * load16(ri + k * kLanes);
+      a[k] = a[k] + g * load16(ri1 + k * kLanes);
+    }
+  }
+  for (int64_t j = i + 2; j < n; ++j) {
+    const float* gj = gz + j * (j - 1) / 2;
+    const float g0 = gj[i], g1 = gj[i + 1];
+    const float* r = rows + j * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      const ipt_v16 t = load16(r + k * kLanes);
+      a[k] = a[k] + g0 * t;
+      c[k] = c[k] + g1 * t;
+    }
+  }
+  __builtin_memcpy(acc0 + d0, a, sizeof a);
+  __builtin_memcpy(acc1 + d0, c, sizeof c);
+}
+
 template <class T>
 static inline void store(T* dst, const float* src, int64_t n);
 template <>
@@ -207,7 +249,7 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
                           T* grad_dense, T* grad_emb, int64_t begin, int64_t end) {
   const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
   const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
-  std::vector<float> rows(n * dpad), go(width), acc(dpad);
+  std::vector<float> rows(n * dpad), go(width), acc(2 * dpad);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
     if (grad_is_bf16) {
@@ -218,18 +260,28 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
       for (int64_t k = 0; k < width; ++k) go[k] = src[k];
     }
     const float* gz = go.data() + d;  // pair gradients, strict lower triangle
-    for (int64_t i = 0; i < n; ++i) {
+    for (int64_t i = 0; i < n;) {
+      const bool two = i + 1 < n;  // rows i, i + 1 together; the last alone when n is odd
+      float* acc1 = acc.data() + dpad;
       int64_t d0 = 0;
-      for (; d0 + 4 * kLanes <= dpad; d0 += 4 * kLanes)
-        weighted_rows<4>(rows.data(), gz, n, i, dpad, d0, acc.data());
-      for (; d0 < dpad; d0 += kLanes)
-        weighted_rows<1>(rows.data(), gz, n, i, dpad, d0, acc.data());
-      if (i == 0) {
-        for (int64_t k = 0; k < d; ++k) acc[k] = acc[k] + go[k];
-        store(grad_dense + b * d, acc.data(), d);
-      } else {
-        store(grad_emb + (b * in.num_emb + i - 1) * d, acc.data(), d);
+      for (; d0 + 4 * kLanes <= dpad; d0 += 4 * kLanes) {
+        if (two) weighted_row_pair<4>(rows.data(), gz, n, i, dpad, d0, acc.data(), acc1);
+        else weighted_rows<4>(rows.data(), gz, n, i, dpad, d0, acc.data());
       }
+      for (; d0 < dpad; d0 += kLanes) {
+        if (two) weighted_row_pair<1>(rows.data(), gz, n, i, dpad, d0, acc.data(), acc1);
+        else weighted_rows<1>(rows.data(), gz, n, i, dpad, d0, acc.data());
+      }
+      for (int64_t r = i; r < i + (two ? 2 : 1); ++r) {
+        float* a = acc.data() + (r - i) * dpad;
+        if (r == 0) {
+          for (int64_t k = 0; k < d; ++k) a[k] = a[k] + go[k];
+          store(grad_dense + b * d, a, d);
+        } else {
+          store(grad_emb + (b * in.num_emb + r - 1) * d, a, d);
+        }
+      }
+      i += two ? 2 : 1;
     }
   }
 }
