@@ -162,7 +162,8 @@ BUCKETS = [("embeddings", ("embedding_bags", "_FusedLookup", "sparse_row", "spar
            ("interaction", ("interaction",)),
            ("optimizer", ("Optimizer.", "_step_")),
            ("MLPs", ("aten::linear", "AddmmBackward", "MmBackward", "ReluBackward", "aten::relu",
-                     "aten::addmm", "aten::mm", "threshold_backward", "clamp_min"))]
+                     "aten::addmm", "aten::mm", "threshold_backward", "clamp_min", "_LinearReLU",
+                     "_linear_pointwise", "relu_bias_grad"))]
 
 
 def breakdown(step, data, steps=3):
