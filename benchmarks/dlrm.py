@@ -133,7 +133,8 @@ def gemm_bound(cfg, dtype, rounds, clock):
     """The step's MLP matmuls alone: (seconds per step, FLOPs per step). Every
     matmul autograd runs (forward x W^T, grad-weight g^T x, grad-input g W
     except for the first bottom layer), each timed at its own shape and layout
-    (minimum over `rounds`), summed."""
+    (minimum over `rounds`) with torch.mm and with oneDNN's linear (what
+    ipex_train.nn.functional.linear_relu may call), the faster counted, summed."""
     b = cfg.batch_size
     bottom, top = cfg.mlp_sizes()
     sizes = [(NUM_DENSE, bottom[0], False)] + [(i, o, True) for i, o in zip(bottom, bottom[1:])]
@@ -143,9 +144,15 @@ def gemm_bound(cfg, dtype, rounds, clock):
     for n_in, n_out, need_dx in sizes:
         x, w, g = (torch.randn(*s).to(dtype) for s in ((b, n_in), (n_out, n_in), (b, n_out)))
         mms += [(x, w.t()), (g.t(), x)] + ([(g, w)] if need_dx else [])
-    t = interleaved({k: (lambda r, a=a, m=m: torch.mm(a, m)) for k, (a, m) in enumerate(mms)},
-                    rounds, clock=clock)
-    return sum(v[0] for v in t.values()), sum(2 * a.shape[0] * a.shape[1] * m.shape[1] for a, m in mms)
+    runs = {(k, "mm"): (lambda r, a=a, m=m: torch.mm(a, m)) for k, (a, m) in enumerate(mms)}
+    onednn = getattr(torch.ops.mkldnn, "_linear_pointwise", None) \
+        if torch.backends.mkldnn.is_available() else None
+    if onednn is not None:
+        runs.update({(k, "onednn"): (lambda r, a=a, m=m: onednn(a, m.t(), None, "none", [], ""))
+                     for k, (a, m) in enumerate(mms)})
+    t = interleaved(runs, rounds, clock=clock)
+    best = [min(v[0] for (k2, _), v in t.items() if k2 == k) for k in range(len(mms))]
+    return sum(best), sum(2 * a.shape[0] * a.shape[1] * m.shape[1] for a, m in mms)
 
 
 # Ours' step split by torch.profiler: an op's self time goes to the first
@@ -155,7 +162,8 @@ BUCKETS = [("embeddings", ("embedding_bags", "_FusedLookup", "sparse_row", "spar
            ("interaction", ("interaction",)),
            ("optimizer", ("Optimizer.", "_step_")),
            ("MLPs", ("aten::linear", "AddmmBackward", "MmBackward", "ReluBackward", "aten::relu",
-                     "aten::addmm", "aten::mm", "threshold_backward", "clamp_min"))]
+                     "aten::addmm", "aten::mm", "threshold_backward", "clamp_min", "_LinearReLU",
+                     "_linear_pointwise", "relu_bias_grad"))]
 
 
 def breakdown(step, data, steps=3):

@@ -53,7 +53,8 @@ def test_embedding_all_to_all_under_autocast(tmp_path):
         local = torch.randn(4, 6, requires_grad=True)
         lin = torch.nn.Linear(6, 1)
         with _autocast():
-            out = lin(EmbeddingAllToAll.apply(local, [6], [4], 0, dist.group.WORLD))
+            emb = EmbeddingAllToAll.apply(local, [[0, 1, 2]], 2, [4], 0, dist.group.WORLD)
+            out = lin(emb.view(4, 6))
         out.sum().backward()
         assert local.grad.dtype == torch.float32
         torch.testing.assert_close(local.grad, lin.weight.detach().expand(4, 6).bfloat16().float())

@@ -7,7 +7,7 @@ the batch). ``all_to_all_single`` turns "my tables, all samples" into "all
 tables, my samples":
 
     rank r before: [B,   |T_r| * D]  rows split by destination: B_0 | B_1 | ...
-    rank r after:  [B_r, 26 * D]     columns from every owner, in table order
+    rank r after:  [B_r, 26, D]      every table's vectors, in table order
 
 and its backward sends each sample's gradient back to the owner of the table.
 """
@@ -74,32 +74,62 @@ def _exchange(send, send_splits, recv_splits, group):
     return recv
 
 
-class EmbeddingAllToAll(torch.autograd.Function):
-    """[B, d_me] pooled embeddings of my tables -> [B_me, sum_r d_r] of all tables.
+def _feature_runs(ids):
+    """A rank's feature ids as (first feature, count) runs of consecutive ids."""
+    runs = []
+    for f in ids:
+        if runs and runs[-1][0] + runs[-1][1] == f:
+            runs[-1][1] += 1
+        else:
+            runs.append([f, 1])
+    return runs
 
-    ``dims[r]`` is rank r's width (its table count times D), ``splits[r]`` its
-    batch rows. Output columns are grouped by owner rank (rank 0's tables
-    first); the caller reorders them. Backward is the reverse exchange. The
-    backward also divides by the world size: the trainer scales each rank's
-    loss by it so that DDP's gradient *average* becomes the global-batch sum
-    for the MLPs, and embeddings must not see that factor.
+
+class EmbeddingAllToAll(torch.autograd.Function):
+    """[B, |T_me| * D] pooled embeddings of my tables -> [B_me, F, D] of all F
+    tables, features in global order (what the interaction reads).
+
+    ``placement[r]`` lists the features rank r owns (ascending), ``splits[r]``
+    its batch rows. The forward copies each owner's received block straight
+    into its features' slots of the output (one pass; no cat, no reorder);
+    the backward copies each owner's features of the gradient straight into
+    the send buffer and divides it by the world size in place: the trainer
+    scales each rank's loss by it so that DDP's gradient *average* becomes
+    the global-batch sum for the MLPs, and embeddings must not see that factor.
     """
 
     @staticmethod
-    def forward(ctx, local, dims, splits, rank, group):
-        world = len(splits)
-        ctx.dims, ctx.splits, ctx.rank, ctx.group = dims, splits, rank, group
-        d_me, b_me = dims[rank], splits[rank]
+    def forward(ctx, local, placement, dim, splits, rank, group):
+        ctx.placement, ctx.dim, ctx.splits, ctx.rank, ctx.group = placement, dim, splits, rank, group
+        n_me, b_me = len(placement[rank]), splits[rank]
         send = local.contiguous().view(-1)
-        recv = _exchange(send, [b * d_me for b in splits], [b_me * d for d in dims], group)
-        chunks = recv.split([b_me * d for d in dims])
-        return torch.cat([c.view(b_me, d) for c, d in zip(chunks, dims)], 1) if world else recv
+        recv = _exchange(send, [b * n_me * dim for b in splits],
+                         [b_me * len(ids) * dim for ids in placement], group)
+        out = local.new_empty(b_me, sum(len(ids) for ids in placement), dim)
+        off = 0
+        for ids in placement:
+            block = recv[off:off + b_me * len(ids) * dim].view(b_me, len(ids), dim)
+            k = 0
+            for f, n in _feature_runs(ids):
+                out[:, f:f + n].copy_(block[:, k:k + n])
+                k += n
+            off += block.numel()
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        dims, splits, rank = ctx.dims, ctx.splits, ctx.rank
-        d_me, b_me = dims[rank], splits[rank]
-        grad = grad / len(splits)
-        send = torch.cat([g.contiguous().view(-1) for g in grad.split(dims, 1)])
-        recv = _exchange(send, [b_me * d for d in dims], [b * d_me for b in splits], ctx.group)
-        return recv.view(sum(splits), d_me), None, None, None, None
+        placement, dim, splits, rank = ctx.placement, ctx.dim, ctx.splits, ctx.rank
+        n_me, b_me = len(placement[rank]), splits[rank]
+        send = grad.new_empty(grad.numel())
+        off = 0
+        for ids in placement:
+            block = send[off:off + b_me * len(ids) * dim].view(b_me, len(ids), dim)
+            k = 0
+            for f, n in _feature_runs(ids):
+                block[:, k:k + n].copy_(grad[:, f:f + n])
+                k += n
+            off += block.numel()
+        send.div_(len(splits))
+        recv = _exchange(send, [b_me * len(ids) * dim for ids in placement],
+                         [b * n_me * dim for b in splits], ctx.group)
+        return recv.view(sum(splits), n_me * dim), None, None, None, None, None

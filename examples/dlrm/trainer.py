@@ -59,11 +59,6 @@ class Trainer:
         if world_size > 1:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 dense, process_group=group)
-        # Columns arrive grouped by owner rank; `order` puts them in feature order.
-        owner_order = [t for ids in self.placement for t in ids]
-        order = [owner_order.index(t) for t in range(NUM_SPARSE)]
-        self.order = None if order == sorted(order) else torch.tensor(order)
-        self.dims = [len(ids) * dim for ids in self.placement]
         self.lr_changes = []  # set by load_state_dict
 
     def _logits(self, batch, model):
@@ -72,13 +67,12 @@ class Trainer:
         start = sum(splits[:self.rank])
         end = start + splits[self.rank]
         local = self.tables(batch.sparse)
-        if self.world > 1:
-            emb = EmbeddingAllToAll.apply(local, self.dims, splits, self.rank, self.group)
+        dim = self.cfg.embedding_dim
+        if self.world > 1:  # [B_me, 26, D] in feature order, written by the exchange
+            emb = EmbeddingAllToAll.apply(local, self.placement, dim, splits, self.rank,
+                                          self.group)
         else:
-            emb = local
-        emb = emb.view(end - start, NUM_SPARSE, self.cfg.embedding_dim)
-        if self.order is not None:
-            emb = emb.index_select(1, self.order)
+            emb = local.view(end - start, NUM_SPARSE, dim)
         return model(batch.dense[start:end], emb), start, end
 
     def set_step(self, step):

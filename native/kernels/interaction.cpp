@@ -34,6 +34,13 @@ static void load_rows(const InteractionInputs& in, int64_t b, int64_t dpad, floa
   }
 }
 
+// Two implementations of the same arithmetic (same terms, same order, so
+// the same bits; tests/nn/test_interaction.py checks every level):
+// AVX-512 levels use 16-lane GCC vectors and two-row blocking (32 vector
+// registers hold it); below AVX-512 GCC spills 64-byte vectors to memory
+// (10x slower), so those levels keep plain float arrays it vectorizes well.
+#if defined(__AVX512F__)
+
 // Sixteen lanes as one GCC vector: at AVX-512 one register, at AVX2 two, at
 // the baseline four; elementwise semantics (and so the bits) are the same.
 typedef float ipt_v16 __attribute__((vector_size(64)));
@@ -159,6 +166,48 @@ static inline void weighted_rows(const float* rows, const float* gz, int64_t n, 
   __builtin_memcpy(acc + d0, a, sizeof a);
 }
 
+// weighted_rows for rows i and i + 1 at once (each t_j chunk loaded once for
+// both): the same terms in the same order per row; j = i feeds only row
+// i + 1, j = i + 1 only row i.
+template <int NB>
+static inline void weighted_row_pair(const float* rows, const float* gz, int64_t n, int64_t i,
+                                     int64_t dpad, int64_t d0, float* acc0, float* acc1) {
+  ipt_v16 a[NB], c[NB];
+  for (int k = 0; k < NB; ++k) a[k] = c[k] = ipt_v16{};
+  const float* gi = gz + i * (i - 1) / 2;
+  const float* gi1 = gz + (i + 1) * i / 2;
+  for (int64_t j = 0; j < i; ++j) {
+    const float g0 = gi[j], g1 = gi1[j];
+    const float* r = rows + j * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      const ipt_v16 t = load16(r + k * kLanes);
+      a[k] = a[k] + g0 * t;
+      c[k] = c[k] + g1 * t;
+    }
+  }
+  {  // j = i: row i + 1 only; j = i + 1: row i only (the same pair gradient g_{i+1,i})
+    const float g = gi1[i];
+    const float* ri = rows + i * dpad + d0;
+    const float* ri1 = rows + (i + 1) * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      c[k] = c[k] + g * load16(ri + k * kLanes);
+      a[k] = a[k] + g * load16(ri1 + k * kLanes);
+    }
+  }
+  for (int64_t j = i + 2; j < n; ++j) {
+    const float* gj = gz + j * (j - 1) / 2;
+    const float g0 = gj[i], g1 = gj[i + 1];
+    const float* r = rows + j * dpad + d0;
+    for (int k = 0; k < NB; ++k) {
+      const ipt_v16 t = load16(r + k * kLanes);
+      a[k] = a[k] + g0 * t;
+      c[k] = c[k] + g1 * t;
+    }
+  }
+  __builtin_memcpy(acc0 + d0, a, sizeof a);
+  __builtin_memcpy(acc1 + d0, c, sizeof c);
+}
+
 template <class T>
 static inline void store(T* dst, const float* src, int64_t n);
 template <>
@@ -207,7 +256,7 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
                           T* grad_dense, T* grad_emb, int64_t begin, int64_t end) {
   const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
   const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
-  std::vector<float> rows(n * dpad), go(width), acc(dpad);
+  std::vector<float> rows(n * dpad), go(width), acc(2 * dpad);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
     if (grad_is_bf16) {
@@ -218,12 +267,134 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
       for (int64_t k = 0; k < width; ++k) go[k] = src[k];
     }
     const float* gz = go.data() + d;  // pair gradients, strict lower triangle
+    for (int64_t i = 0; i < n;) {
+      const bool two = i + 1 < n;  // rows i, i + 1 together; the last alone when n is odd
+      float* acc1 = acc.data() + dpad;
+      int64_t d0 = 0;
+      for (; d0 + 4 * kLanes <= dpad; d0 += 4 * kLanes) {
+        if (two) weighted_row_pair<4>(rows.data(), gz, n, i, dpad, d0, acc.data(), acc1);
+        else weighted_rows<4>(rows.data(), gz, n, i, dpad, d0, acc.data());
+      }
+      for (; d0 < dpad; d0 += kLanes) {
+        if (two) weighted_row_pair<1>(rows.data(), gz, n, i, dpad, d0, acc.data(), acc1);
+        else weighted_rows<1>(rows.data(), gz, n, i, dpad, d0, acc.data());
+      }
+      for (int64_t r = i; r < i + (two ? 2 : 1); ++r) {
+        float* a = acc.data() + (r - i) * dpad;
+        if (r == 0) {
+          for (int64_t k = 0; k < d; ++k) a[k] = a[k] + go[k];
+          store(grad_dense + b * d, a, d);
+        } else {
+          store(grad_emb + (b * in.num_emb + r - 1) * d, a, d);
+        }
+      }
+      i += two ? 2 : 1;
+    }
+  }
+}
+
+#else  // !__AVX512F__
+
+// s_l += s_{l+8}, += s_{l+4}, += s_{l+2}, then s_0 + s_1. Written on GCC
+// vector types so the first two levels are 8- and 4-wide adds at every level
+// (a plain loop over s[] was scalarized: ~30 instructions a pair).
+typedef float ipt_v8 __attribute__((vector_size(32)));
+typedef float ipt_v4 __attribute__((vector_size(16)));
+
+static inline float halving_tree(const float* s) {
+  ipt_v8 lo8, hi8;
+  __builtin_memcpy(&lo8, s, sizeof lo8);
+  __builtin_memcpy(&hi8, s + 8, sizeof hi8);
+  const ipt_v8 s8 = lo8 + hi8;
+  ipt_v4 lo4, hi4;
+  __builtin_memcpy(&lo4, &s8, sizeof lo4);
+  __builtin_memcpy(&hi4, reinterpret_cast<const char*>(&s8) + sizeof lo4, sizeof hi4);
+  const ipt_v4 s4 = lo4 + hi4;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+// out[k] = <a, b_k> for the NJ rows b_k = b + k * dpad (one pass over a).
+template <int NJ>
+static inline void dots(const float* a, const float* b, int64_t dpad, float* out) {
+  float s[NJ][kLanes] = {};
+  for (int64_t c = 0; c < dpad; c += kLanes)
+    for (int k = 0; k < NJ; ++k)
+      for (int l = 0; l < kLanes; ++l) s[k][l] = s[k][l] + a[c + l] * b[k * dpad + c + l];
+  for (int k = 0; k < NJ; ++k) out[k] = halving_tree(s[k]);
+}
+
+// acc[0 .. NB*16) = sum_{j != skip, ascending} g[j] * rows[j][d0 ..].
+template <int NB>
+static inline void weighted_rows(const float* rows, const float* g, int64_t n, int64_t skip,
+                                 int64_t dpad, int64_t d0, float* acc) {
+  float a[NB * kLanes] = {};
+  for (int64_t j = 0; j < n; ++j) {
+    if (j == skip) continue;
+    const float gj = g[j];
+    const float* r = rows + j * dpad + d0;
+    for (int l = 0; l < NB * kLanes; ++l) a[l] = a[l] + gj * r[l];
+  }
+  for (int l = 0; l < NB * kLanes; ++l) acc[d0 + l] = a[l];
+}
+
+template <class T>
+static inline void store(T* dst, const float* src, int64_t n);
+template <>
+inline void store<float>(float* dst, const float* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+template <>
+inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = ipt_f32_to_bf16_rne(src[k]);
+}
+
+template <class T>
+static void forward_rows(const InteractionInputs& in, T* out, int64_t begin, int64_t end) {
+  const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
+  const int64_t width = d + n * (n - 1) / 2;
+  std::vector<float> rows(n * dpad), z(n * (n - 1) / 2 + 1);
+  for (int64_t b = begin; b < end; ++b) {
+    load_rows(in, b, dpad, rows.data());
+    T* o = out + b * width;
+    const T* dense = static_cast<const T*>(in.dense) + b * in.dense_stride;
+    for (int64_t k = 0; k < d; ++k) o[k] = dense[k];  // bit copy in the input dtype
+    float* zi = z.data();
+    for (int64_t i = 1; i < n; ++i) {
+      const float* ti = rows.data() + i * dpad;
+      int64_t j = 0;
+      for (; j + 4 <= i; j += 4) dots<4>(ti, rows.data() + j * dpad, dpad, zi + j);
+      for (; j < i; ++j) dots<1>(ti, rows.data() + j * dpad, dpad, zi + j);
+      zi += i;
+    }
+    store(o + d, z.data(), n * (n - 1) / 2);
+  }
+}
+
+template <class T>
+static void backward_rows(const InteractionInputs& in, const void* grad_out, bool grad_is_bf16,
+                          T* grad_dense, T* grad_emb, int64_t begin, int64_t end) {
+  const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d);
+  const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
+  std::vector<float> rows(n * dpad), g(n * n), go(width), acc(dpad);
+  for (int64_t b = begin; b < end; ++b) {
+    load_rows(in, b, dpad, rows.data());
+    if (grad_is_bf16) {
+      const uint16_t* src = static_cast<const uint16_t*>(grad_out) + b * width;
+      for (int64_t k = 0; k < width; ++k) go[k] = ipt_bf16_to_f32(src[k]);
+    } else {
+      const float* src = static_cast<const float*>(grad_out) + b * width;
+      for (int64_t k = 0; k < width; ++k) go[k] = src[k];
+    }
+    // Symmetric pair-gradient matrix; the diagonal is never read.
+    const float* gz = go.data() + d;
+    for (int64_t i = 1; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) g[i * n + j] = g[j * n + i] = gz[i * (i - 1) / 2 + j];
     for (int64_t i = 0; i < n; ++i) {
       int64_t d0 = 0;
       for (; d0 + 4 * kLanes <= dpad; d0 += 4 * kLanes)
-        weighted_rows<4>(rows.data(), gz, n, i, dpad, d0, acc.data());
+        weighted_rows<4>(rows.data(), g.data() + i * n, n, i, dpad, d0, acc.data());
       for (; d0 < dpad; d0 += kLanes)
-        weighted_rows<1>(rows.data(), gz, n, i, dpad, d0, acc.data());
+        weighted_rows<1>(rows.data(), g.data() + i * n, n, i, dpad, d0, acc.data());
       if (i == 0) {
         for (int64_t k = 0; k < d; ++k) acc[k] = acc[k] + go[k];
         store(grad_dense + b * d, acc.data(), d);
@@ -233,6 +404,8 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
     }
   }
 }
+
+#endif  // __AVX512F__
 
 }  // namespace
 
