@@ -45,8 +45,8 @@ from dlrm.model import mlp  # noqa: E402
 from tests._procs import LOOPBACK_CCL, ProcessTimeout, run_ranks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _dlrm_common import (VARIANTS, autocast_steps, dense_parameters, fmt,  # noqa: E402
-                          print_rates, ratio, stock_tables, torchrec_tables)
+from _dlrm_common import (VARIANTS, autocast_steps, cpu_name, dense_parameters,  # noqa: E402
+                          fmt, print_rates, ratio, stock_tables, torchrec_tables)
 from _timing import interleaved  # noqa: E402
 
 LR = 0.05
@@ -232,19 +232,6 @@ def distributed(args, backend):
         if line.startswith("RESULT "):
             return json.loads(line[7:])
     return "failed:\n" + "\n".join(o[-2000:] for o in outs)
-
-
-def cpu_name():
-    """'model name (family F model M)' from /proc/cpuinfo (VMs often shorten the name)."""
-    info = {}
-    try:
-        for line in open("/proc/cpuinfo"):
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    except OSError:
-        return "unknown CPU"
-    return f"{info.get('model name', 'unknown CPU')} (family {info.get('cpu family', '?')} " \
-           f"model {info.get('model', '?')})"
 
 
 def sweep(args, steps, data, n_threads):
