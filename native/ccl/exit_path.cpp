@@ -75,11 +75,17 @@ void pmi_finalize() {
   close(g_pmi.fd);
 }
 
-using query_t = int (*)(int*);
+// An MPI function of the libmpi already loaded, if any: global symbols
+// first, else libmpi.so.12 by its SONAME (mpi4py may load it RTLD_LOCAL).
+void* mpi_symbol(const char* name) {
+  if (void* f = dlsym(RTLD_DEFAULT, name)) return f;
+  void* lib = dlopen("libmpi.so.12", RTLD_LAZY | RTLD_NOLOAD);
+  return lib ? dlsym(lib, name) : nullptr;
+}
 
-// MPI_Initialized / MPI_Finalized through the loaded libmpi (none: false).
+// MPI_Initialized / MPI_Finalized (no MPI loaded: false).
 bool mpi_query(const char* name) {
-  auto fn = reinterpret_cast<query_t>(dlsym(RTLD_DEFAULT, name));
+  auto fn = reinterpret_cast<int (*)(int*)>(mpi_symbol(name));
   int flag = 0;
   return fn && fn(&flag) == 0 && flag;
 }
@@ -90,7 +96,7 @@ void exit_handler(int status, void*) {
     // MPI if nobody did: a rank that never does counts as failed in MPICH
     if (status == 0 && !g_always_fast.load() && !ccl_queue::any_aborted() &&
         !mpi_query("MPI_Finalized")) {
-      auto finalize = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "MPI_Finalize"));
+      auto finalize = reinterpret_cast<int (*)()>(mpi_symbol("MPI_Finalize"));
       if (finalize) finalize();
     }
     // as MPICH's own exit hook: only a rank whose MPI was finalized
