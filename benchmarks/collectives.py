@@ -26,7 +26,10 @@ use shared memory between namespaces of one kernel); the bytes that crossed
 are printed after the table. With --per-host 2 the ccl group's all-to-all is
 hierarchical (direct reads on each host, oneCCL between them) and the
 oneCCL group's is flat over oneCCL: "oneCCL/ccl" is the hierarchical gain.
---ops limits the run to some ops (comma-separated).
+--ops limits the run to some ops (comma-separated). --split-cores gives each
+simulated host its own cores: sharing them, each host's rank threads sit on
+the same first core (see DEVELOPING.md, "Across hosts") and polling
+transports pay a scheduler slice per message.
 """
 import argparse
 import os
@@ -58,7 +61,13 @@ def launch_hosts(args):
     why = _hosts.unavailable()
     if why:
         sys.exit(f"--hosts: simulated hosts unavailable here: {why}")
-    with tempfile.TemporaryDirectory() as tmp, _hosts.Cluster(args.hosts, tmp) as c:
+    cpus = None
+    if args.split_cores:  # host i gets every args.hosts-th core, from core i
+        cores = sorted(os.sched_getaffinity(0))
+        cpus = {f"node{i}": ",".join(map(str, cores[i::args.hosts])) for i in range(args.hosts)}
+        if any(not v for v in cpus.values()):
+            sys.exit(f"--split-cores: {len(cores)} cores for {args.hosts} hosts")
+    with tempfile.TemporaryDirectory() as tmp, _hosts.Cluster(args.hosts, tmp, cpus=cpus) as c:
         env = {"PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
                "PYTHONUNBUFFERED": "1", "UCX_TLS": "tcp,self"}
         for k, v in os.environ.items():
@@ -172,6 +181,9 @@ def main():
                    help="simulated hosts (network namespaces; root): 2 for the cross-host figures")
     p.add_argument("--per-host", type=int, default=1, help="ranks per simulated host")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated, of: " + ", ".join(OPS))
+    p.add_argument("--split-cores", action="store_true",
+                   help="give each simulated host its own share of this machine's cores, as "
+                        "separate machines have (default: the hosts share every core)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     bad = set(args.ops.split(",")) - set(OPS)

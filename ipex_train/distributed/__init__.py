@@ -90,6 +90,10 @@ def _exit_without_teardown():
     hands its handler the status exit() was called with, and _exit takes it
     as its one argument. Groups still alive are kept alive until then (an
     extra reference each), so none is destroyed during interpreter teardown.
+    The handler (native/ccl/exit_path.cpp) first finalizes MPI on success
+    and ends the rank's PMI session with MPICH's launcher, which MPICH
+    leaves to an atexit hook that _exit skips (without it hydra SIGKILLs
+    the rank's siblings on its host).
     """
     mod = sys.modules.get("ipex_train._ccl")
     if mod is None or not _ccl_created:

@@ -144,8 +144,8 @@ class Supervisor:
         if not data:
             sel.unregister(r.conn)
             r.conn.close()
-            # the connection ended without an exit status (seen rarely at a
-            # normal end): the MPI launcher still reports how that rank's
+            # the connection ended without an exit status (its wrapper was
+            # killed): the MPI launcher still reports how that rank's
             # process ended, and a host that went silent hits the contact timeout
             r.gone = True
             if r.rank is None:

@@ -1,14 +1,9 @@
 // The pybind11 module ipex_train._ccl: ProcessGroupCCL as a subclass of
 // torch's Backend binding, and the process-wide abort flag.
-#include <dlfcn.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <unistd.h>
 
-#include <atomic>
-#include <cstdio>
-#include <cstdlib>
-
+#include "exit_path.h"
 #include "process_group_ccl.h"
 
 namespace ipex_train {
@@ -44,36 +39,11 @@ class NoGilPtr {
 
 PYBIND11_DECLARE_HOLDER_TYPE(T, ipex_train::NoGilPtr<T>, true)
 
-namespace {
-std::atomic<bool> g_always_fast{false};
-
-// Runs at exit() with its status, before the C++ static destructors of
-// everything loaded before it was registered (oneCCL's among them), and ends
-// the process with _exit(status): oneCCL's teardown crashes under a thread left
-// inside oneCCL and waits on peers that may be gone. A process that succeeded
-// (status 0, no group aborted or stuck) first finalizes MPI if it was started
-// (oneCCL's MPI transport): MPICH's launcher takes a rank that exits without
-// MPI_Finalize for a failed one and kills the rest of the job.
-void exit_handler(int status, void*) {
-  if (status == 0 && !g_always_fast.load() && !ipex_train::ccl_queue::any_aborted()) {
-    using query_t = int (*)(int*);
-    auto initialized = reinterpret_cast<query_t>(dlsym(RTLD_DEFAULT, "MPI_Initialized"));
-    auto finalized = reinterpret_cast<query_t>(dlsym(RTLD_DEFAULT, "MPI_Finalized"));
-    auto finalize = reinterpret_cast<int (*)()>(dlsym(RTLD_DEFAULT, "MPI_Finalize"));
-    int started = 0, done = 0;
-    if (initialized && finalized && finalize && initialized(&started) == 0 && started &&
-        finalized(&done) == 0 && !done)
-      finalize();
-  }
-  std::fflush(nullptr);
-  _exit(status);
-}
-}  // namespace
-
 PYBIND11_MODULE(_ccl, m) {
   namespace py = pybind11;
   using ipex_train::ProcessGroupCCL;
   m.doc() = "oneCCL process group for torch.distributed (CPU tensors)";
+  ipex_train::exit_path::remember_pmi_socket();  // before any group can start MPI
   py::module::import("torch.distributed");
   py::class_<ProcessGroupCCL, c10d::Backend, ipex_train::NoGilPtr<ProcessGroupCCL>>(m, "ProcessGroupCCL")
       .def(py::init([](c10d::Store& store, int rank, int size, double timeout_s) {
@@ -102,13 +72,12 @@ PYBIND11_MODULE(_ccl, m) {
       },
         "From now on the groups' threads leak finished ops instead of destroying "
         "them (called at interpreter exit, before Python finalizes).");
-  m.def("end_without_teardown", [](bool always) {
-        g_always_fast.store(always);
-        return on_exit(exit_handler, nullptr) == 0;
-      }, py::arg("always") = false,
+  m.def("end_without_teardown", &ipex_train::exit_path::end_without_teardown,
+        py::arg("always") = false,
         "At exit(): ends the process with _exit(status), skipping oneCCL's teardown, after "
         "MPI_Finalize when the status is 0 and nothing aborted (always=True: never "
-        "MPI_Finalize); False if it could not be registered.");
+        "MPI_Finalize) and, once MPI is finalized, PMI's finalize with the launcher; False "
+        "if it could not be registered.");
   m.def("any_aborted", [] { return ipex_train::ccl_queue::any_aborted(); },
         "True once a ccl group of this process aborted (its worker may be stuck in oneCCL)");
   m.def("library_version", [] {

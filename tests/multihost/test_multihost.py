@@ -46,13 +46,7 @@ def check(p, out_dir, world, hosts=2):
     return rs
 
 
-# 2 x 2 over the MPI transport: a rank is SIGKILLed in about half the runs
-# (exit 9 from mpiexec, seen 2026-12-01, not yet understood; issue #13).
-_FLAKY_2X2 = pytest.mark.xfail(strict=False, reason="2x2 via ipex-train-run: intermittent "
-                               "SIGKILL of a rank, open in issue #13")
-
-
-@pytest.mark.parametrize("per_host", [1, pytest.param(2, marks=_FLAKY_2X2)])
+@pytest.mark.parametrize("per_host", [1, 2])
 def test_collectives_ipex_train_run(cluster, tmp_path, per_host):
     """2 hosts x 1 and 2 x 2 ranks through ipex-train-run's hostfile launch
     (oneCCL's MPI transport); every byte between the hosts crosses the link."""
