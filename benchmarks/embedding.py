@@ -21,7 +21,9 @@ and bf16-split; the forward alone; sparse_add_; with --ops also the two ops
 called directly, without autograd) as shares of the floor's speed, the floor
 measured in the same run between repeats (floor, then all variants
 round-robin, --reps times): medians of medians, and the range over the repeats
-says how noisy the machine was. Cheap enough to repeat on a loaded machine.
+says how noisy the machine was. Cheap enough to repeat on a loaded machine;
+--cpu-time times both by process CPU time instead (all threads: at 2 threads a
+thread spinning at a barrier while the other was preempted still counts).
 """
 import argparse
 import gc
@@ -31,6 +33,7 @@ import pathlib
 import shutil
 import statistics
 import subprocess
+import time
 
 import numpy as np
 import torch
@@ -54,7 +57,7 @@ def batches(kind, rows, bags, per_bag, n, seed=0):
     return out
 
 
-def interleaved(variants, iters):
+def interleaved(variants, iters, clock=time.perf_counter):
     """variants: {name: (fn, data)}, run round-robin (_timing.interleaved).
     Every call, whichever variant makes it, takes the next batch of its data:
     a batch is met again only after len(data) calls, by when the 16 MiB of table
@@ -65,7 +68,8 @@ def interleaved(variants, iters):
     calls = itertools.count()
     fns = {n: (lambda r, fn=fn, data=data: fn(*data[next(calls) % len(data)]))
            for n, (fn, data) in variants.items()}
-    return {n: (lo * 1e3, med * 1e3) for n, (lo, med) in _timing.interleaved(fns, iters).items()}
+    res = _timing.interleaved(fns, iters, clock=clock)
+    return {n: (lo * 1e3, med * 1e3) for n, (lo, med) in res.items()}
 
 
 def stream_bandwidth():
@@ -78,7 +82,7 @@ def stream_bandwidth():
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def row_traffic_floor(rows, dim, bags, per_bag, rounds):
+def row_traffic_floor(rows, dim, bags, per_bag, rounds, cpu_clock=False):
     """(forward ms, update ms, sparse add ms) of benchmarks/row_traffic.cpp (minima
     over the rounds, then the same three as medians): bare
     loops doing only the table traffic (uniform rows), built here on first use,
@@ -92,7 +96,8 @@ def row_traffic_floor(rows, dim, bags, per_bag, rounds):
         exe.parent.mkdir(parents=True, exist_ok=True)
         isa = [] if ipex_train.isa() == "scalar" else ["-mavx2", "-mfma"]
         subprocess.run([cxx, "-O3", *isa, "-fopenmp", str(src), "-o", str(exe)], check=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
+               ROW_TRAFFIC_CLOCK="cpu" if cpu_clock else "wall")
     out = subprocess.run([str(exe), str(rows), str(dim), str(bags), str(per_bag), str(rounds)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
     return tuple(float(x) for x in out[:6])
@@ -194,12 +199,13 @@ def parts(args):
         ms = {n: [] for n in variants}
         floors = []
         for _ in range(args.reps):
-            fl = row_traffic_floor(R, D, B, L, args.iters)
+            fl = row_traffic_floor(R, D, B, L, args.iters, args.cpu_time)
             if fl is None:
                 print("no C++ compiler: no floor")
                 return
             floors.append(fl[3:6])  # medians
-            res = interleaved(variants, args.iters)
+            res = interleaved(variants, args.iters,
+                              time.process_time if args.cpu_time else time.perf_counter)
             for name, (lo, med) in res.items():
                 for f, t, out in ((fl[3:6], med, shares), (fl[:3], lo, lo_shares)):
                     ref = f[0] if name.startswith("fwd") else f[2] if name == "sparse_add_" else f[0] + f[1]
@@ -233,6 +239,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--parts", action="store_true", help="ours only, by part (see the docstring)")
     ap.add_argument("--reps", type=int, default=5, help="--parts: floor + variants repeats")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="--parts: time ours and the floor by process CPU time (all threads), "
+                         "not wall time: a loaded machine's preemptions count far less")
     ap.add_argument("--ops", action="store_true",
                     help="--parts: also the two ops called directly (no autograd)")
     args = ap.parse_args()

@@ -20,16 +20,17 @@
 //   g++ -O3 -mavx2 -mfma -fopenmp row_traffic.cpp -o row_traffic
 //   ./row_traffic ROWS DIM BAGS PER_BAG ROUNDS
 //     -> "forward_ms update_ms add_ms" (minima), then the same three as medians
+//   ROW_TRAFFIC_CLOCK=cpu: process CPU time (all threads) instead of wall time
 #include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -49,8 +50,14 @@ void each_block(int64_t bags, int64_t per_bag, Fn&& fn) {
   for (int64_t b; (b = next.fetch_add(1)) < blocks;) fn(b * step, std::min(bags, (b + 1) * step));
 }
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+// Milliseconds: wall time, or with ROW_TRAFFIC_CLOCK=cpu the CPU time of the
+// whole process (all threads), which other processes' load inflates far less.
+bool g_cpu_clock = false;
+
+double now_ms() {
+  timespec ts;
+  clock_gettime(g_cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
 // One forward, one update (the batch the forward read) and one add per round;
@@ -80,7 +87,7 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
   };
   for (int64_t round = 0; round < rounds + 2; ++round) {
     const int64_t* ix = idx[round % batches].data();
-    auto t0 = std::chrono::steady_clock::now();
+    double t0 = now_ms();
     each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
       const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
       for (int64_t e = e0; e < e1; ++e) {
@@ -93,14 +100,14 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
         for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
       }
     });
-    const double fwd = ms_since(t0);
-    t0 = std::chrono::steady_clock::now();
+    const double fwd = now_ms() - t0;
+    t0 = now_ms();
     update_rows(ix, grad, per_bag);  // gradient row: the lookup's bag
-    const double upd = ms_since(t0);
+    const double upd = now_ms() - t0;
     const int64_t* cold = idx[(round + batches / 2) % batches].data();
-    t0 = std::chrono::steady_clock::now();
+    t0 = now_ms();
     update_rows(cold, values[round % 2], 1);  // one values row per lookup
-    const double add = ms_since(t0);
+    const double add = now_ms() - t0;
     if (round >= 2) {
       ts[0].push_back(fwd);
       ts[1].push_back(upd);
@@ -116,6 +123,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s ROWS DIM BAGS PER_BAG ROUNDS\n", argv[0]);
     return 2;
   }
+  const char* clk = std::getenv("ROW_TRAFFIC_CLOCK");
+  g_cpu_clock = clk && std::strcmp(clk, "cpu") == 0;
   const int64_t rows = std::atoll(argv[1]), dim = std::atoll(argv[2]), bags = std::atoll(argv[3]);
   const int64_t per_bag = std::atoll(argv[4]), rounds = std::atoll(argv[5]);
   const int64_t n = bags * per_bag, batches = 16;  // n lookups per batch
