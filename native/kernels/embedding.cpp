@@ -278,34 +278,16 @@ IPT_INLINE bool bit_set(const uint64_t* bits, int shift, int64_t r) {
 }
 
 template <int64_t kD>
-int64_t ordered_apply(const EmbHyper* hp, float alpha, const EmbTable& t, const EmbGrad& g,
-                      EmbIndex in, const int64_t* st, int64_t b, int64_t e0, int64_t e1,
-                      const uint64_t* rep, int rep_shift, EmbEntry* rest) {
+int64_t ordered_apply(float alpha, const EmbTable& t, const EmbGrad& g, EmbIndex in,
+                      const int64_t* st, int64_t b, int64_t e0, int64_t e1, const uint64_t* rep,
+                      int rep_shift, EmbEntry* rest) {
   const int64_t d = kD ? kD : t.dim;
-  float* acc = nullptr;
-  float* wbuf = nullptr;
-  EmbHyper h{};
-  if (hp) {
-    h = *hp;
-    Scratch& s = scratch();
-    s.acc.resize(d);
-    s.wbuf.resize(d);
-    acc = s.acc.data();
-    wbuf = s.wbuf.data();
-  }
-  const int64_t state_width = h.kind == kEmbRowWiseAdagrad ? 1 : d;
   constexpr int64_t kAhead = 8;  // rows in flight, as bucket_add
   int64_t nrest = 0;
   for (int64_t e = e0; e < e1; ++e) {
     if (e + kAhead < e1) {
       const int64_t rn = row_of(in, e + kAhead);
-      if (!rep || !bit_set(rep, rep_shift, rn)) {
-        prefetch_row(t, rn, d);
-        if (hp && t.state1)
-          for (int64_t x = 0; x < state_width; x += 16) __builtin_prefetch(t.state1 + rn * state_width + x, 1);
-        if (hp && t.state2)
-          for (int64_t x = 0; x < d; x += 16) __builtin_prefetch(t.state2 + rn * d + x, 1);
-      }
+      if (!rep || !bit_set(rep, rep_shift, rn)) prefetch_row(t, rn, d);
     }
     if (st)
       while (st[b + 1] <= e) ++b;
@@ -317,26 +299,21 @@ int64_t ordered_apply(const EmbHyper* hp, float alpha, const EmbTable& t, const 
       continue;
     }
     const void* src = grad_row(g, en.src);
-    if (!hp) {
-      const float sc = alpha * entry_scale(g, en);
-      if (t.fp32) accumulate_any(false, g.bf16, t.fp32 + r * d, src, sc, d);
-      else if (g.bf16) add_split_row<true>(t.top + r * d, t.trail + r * d, src, sc, d);
-      else add_split_row<false>(t.top + r * d, t.trail + r * d, src, sc, d);
-    } else {  // the row's only entry: its gradient is the scaled source row
-      accumulate_any(true, g.bf16, acc, src, entry_scale(g, en), d);
-      update_row(h, t, r, acc, wbuf, d);
-    }
+    const float sc = alpha * entry_scale(g, en);
+    if (t.fp32) accumulate_any(false, g.bf16, t.fp32 + r * d, src, sc, d);
+    else if (g.bf16) add_split_row<true>(t.top + r * d, t.trail + r * d, src, sc, d);
+    else add_split_row<false>(t.top + r * d, t.trail + r * d, src, sc, d);
   }
   return nrest;
 }
 
 }  // namespace
 
-void emb_ordered_apply(const EmbHyper* h, float alpha, const EmbTable& t, EmbGrad g, EmbIndex in,
+void emb_ordered_apply(float alpha, const EmbTable& t, EmbGrad g, EmbIndex in,
                        const int64_t* bag_start, int64_t b, int64_t e0, int64_t e1,
                        const uint64_t* repeated, int rep_shift, EmbEntry* rest, int64_t* nrest) {
   by_width(t.dim, [&](auto w) {
-    *nrest = ordered_apply<decltype(w)::value>(h, alpha, t, g, in, bag_start, b, e0, e1, repeated,
+    *nrest = ordered_apply<decltype(w)::value>(alpha, t, g, in, bag_start, b, e0, e1, repeated,
                                                rep_shift, rest);
   });
 }

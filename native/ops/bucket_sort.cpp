@@ -74,10 +74,105 @@ int bitmap_log2(int64_t n) {
 
 constexpr int64_t kKeptWords = int64_t{1} << 23;  // bitmaps kept per calling thread: 64 MiB
 
+// Every entry into the buckets, straight from the indices (no in-order pass).
+void sort_all_entries(std::vector<Work>& works, EntryBuffer& storage) {
+  std::vector<int64_t> first_chunk(works.size() + 1, 0);
+  for (size_t i = 0; i < works.size(); ++i) {
+    plan_buckets(works[i], works[i].nnz, /*row_sums=*/true);
+    first_chunk[i + 1] = first_chunk[i] + (works[i].nnz + kEntryChunk - 1) / kEntryChunk;
+  }
+  const int64_t chunks = first_chunk.back();
+  std::vector<std::vector<int64_t>> hist(chunks);
+  std::vector<int64_t> bad(chunks, std::numeric_limits<int64_t>::max());
+  auto locate = [&](int64_t c) {
+    size_t t = std::upper_bound(first_chunk.begin(), first_chunk.end(), c) - first_chunk.begin() - 1;
+    return std::make_pair(t, (c - first_chunk[t]) * kEntryChunk);
+  };
+  parallel_each(chunks, [&](int64_t c) {
+    auto [t, begin] = locate(c);
+    Work& w = works[t];
+    std::vector<int64_t>& h = hist[c];
+    h.assign(w.nbuckets, 0);
+    int64_t* const count = h.data();
+    const EmbIndex in = w.in;
+    const uint64_t rows = static_cast<uint64_t>(w.t.rows);
+    const int shift = w.shift;
+    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = row_of(in, i);
+      if (static_cast<uint64_t>(r) >= rows) {
+        bad[c] = std::min(bad[c], i);
+        continue;
+      }
+      if (r != in.padding_idx) ++count[bucket_of(r, shift)];
+    }
+  });
+  for (size_t t = 0; t < works.size(); ++t)
+    for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c)
+      if (bad[c] != std::numeric_limits<int64_t>::max())
+        index_out_of_range(works[t].op, works[t].idx_name, works[t].in, bad[c], works[t].t.rows);
+  // Exclusive prefix in (bucket, chunk) order: each chunk's slice of each bucket.
+  for (size_t t = 0; t < works.size(); ++t) {
+    Work& w = works[t];
+    w.bstart.assign(w.nbuckets + 1, 0);
+    int64_t pos = 0;
+    for (int64_t p = 0; p < w.nbuckets; ++p) {
+      w.bstart[p] = pos;
+      for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) {
+        const int64_t n = hist[c][p];
+        hist[c][p] = pos;
+        pos += n;
+      }
+    }
+    w.bstart[w.nbuckets] = pos;
+  }
+  int64_t total = 0;
+  for (const Work& w : works) total += w.bstart.back();
+  EmbEntry* buf = storage.get(total);
+  for (Work& w : works) {
+    w.perm = buf;
+    buf += w.bstart.back();
+  }
+  parallel_each(chunks, [&](int64_t c) {
+    auto [t, begin] = locate(c);
+    Work& w = works[t];
+    std::vector<int64_t>& h = hist[c];
+    const int64_t end = std::min(w.nnz, begin + kEntryChunk);
+    int64_t* const pos = h.data();
+    EmbEntry* const out = w.perm;
+    const EmbIndex in = w.in;
+    const int shift = w.shift;
+    if (w.bag_start) {
+      // bag of entry `begin`: the last bag starting at or before it (earlier
+      // bags with the same start are empty); then advance with i
+      const int64_t* st = w.bag_start;
+      int64_t b = std::upper_bound(st, st + w.bags + 1, begin) - st - 1;
+      for (int64_t i = begin; i < end; ++i) {
+        while (st[b + 1] <= i) ++b;
+        const int64_t r = row_of(in, i);
+        if (r == in.padding_idx) continue;
+        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+        *dst = EmbEntry{r, static_cast<int32_t>(b), static_cast<int32_t>(i)};
+        prefetch_store_stream(dst);
+      }
+    } else {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = row_of(in, i);
+        if (r == in.padding_idx) continue;
+        const int32_t e = static_cast<int32_t>(i);
+        EmbEntry* dst = out + pos[bucket_of(r, shift)]++;
+        *dst = EmbEntry{r, e, e};
+        prefetch_store_stream(dst);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage,
                    const OrderedFn& ordered) {
+  if (row_sums) return sort_all_entries(works, storage);
   const size_t T = works.size();
   std::vector<int64_t> first_chunk(T + 1, 0);
   for (size_t i = 0; i < T; ++i)
@@ -94,7 +189,7 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
   std::vector<int64_t> word0(T + 1, 0);
   for (size_t i = 0; i < T; ++i) {
     Work& w = works[i];
-    const bool mark = w.nnz > 0 && (row_sums || (lanes > 1 && first_chunk[i + 1] - first_chunk[i] > 1));
+    const bool mark = w.nnz > 0 && lanes > 1 && first_chunk[i + 1] - first_chunk[i] > 1;
     const int lg = mark ? bitmap_log2(w.nnz) : 0;
     w.rep_shift = 64 - lg;
     word0[i + 1] = word0[i] + (mark ? (int64_t{1} << lg) / 64 : 0);
@@ -179,7 +274,7 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
     Work& w = works[t];
     int64_t n = 0;
     for (int64_t c = first_chunk[t]; c < first_chunk[t + 1]; ++c) n += nrest[c];
-    plan_buckets(w, n, row_sums);
+    plan_buckets(w, n, /*row_sums=*/false);
     w.perm = sorted + rest0[t];
     total += n;
   }

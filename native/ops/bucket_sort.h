@@ -1,13 +1,16 @@
 // The entry pass of the sparse ops (sparse_ops.cpp) and its scheduler.
 //
 // An op call's entries (one per index: table row, gradient source row) are
-// checked and their repeated rows marked (a hashed bitmap per lane, merged);
-// then a kernel pass over the entries in order, chunk by chunk in parallel,
-// applies every entry whose row occurs once and sets the others aside; those
-// are sorted into buckets by a hash of their row, a stable counting sort (no
-// comparison sort), and whole buckets run in parallel, so one thread owns each
-// repeated row and applies its entries in their original order. Results are
-// the same for any thread count, chunking and bucket count.
+// checked, then applied so that one thread owns each row and applies its
+// entries in their original order. Updates that apply entry by entry (SGD,
+// sparse-add) run an in-order kernel pass over the entries, chunk by chunk in
+// parallel; with several threads it applies only the entries of rows met once
+// in the call (repeated rows are marked first: a hashed bitmap per lane,
+// merged), which have no order to keep, and sets the others aside. Updates
+// that sum a row's entries first skip that pass. What is left is sorted into
+// buckets by a hash of its row, a stable counting sort (no comparison sort),
+// and whole buckets run in parallel. Results are the same for any thread
+// count, chunking and bucket count.
 #pragma once
 
 #include <cstdint>
@@ -41,7 +44,7 @@ struct Work {
   int rep_shift = 64;
   int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
   int64_t nbuckets;
-  EmbEntry* perm = nullptr;     // set-aside entries in bucket order (in an EntryBuffer)
+  EmbEntry* perm = nullptr;     // bucketed entries in bucket order (in an EntryBuffer)
   std::vector<int64_t> bstart;  // [nbuckets + 1]
 };
 
@@ -77,12 +80,12 @@ class EntryBuffer {
 using OrderedFn = std::function<int64_t(const Work&, int64_t, int64_t, int64_t, EmbEntry*)>;
 
 // Checks that every row id of every work item is in range (raising before any
-// write; see check_index) and marks the repeated rows: all of them when
-// row_sums (the kernel sums a row's entries before its update), else only
-// where several threads could meet on a row. Then runs `ordered` over every
-// chunk in parallel and sorts the entries it set aside into buckets (padding
-// rows dropped) for for_each_bucket. The entries go to `storage`, which must
-// outlive their use.
+// write; see check_index). row_sums (the kernel sums a row's entries before its
+// update): sorts every entry into buckets (padding rows dropped) for
+// for_each_bucket; `ordered` is not called. Otherwise marks the repeated rows
+// where several threads could meet on a row, runs `ordered` over every chunk
+// in parallel, and sorts the entries it set aside into buckets. The entries go
+// to `storage`, which must outlive their use.
 void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage,
                    const OrderedFn& ordered);
 

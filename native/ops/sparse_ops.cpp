@@ -157,18 +157,16 @@ EmbGrad check_values(const char* op, const at::Tensor& v, const at::Tensor& w, i
   return EmbGrad{v.data_ptr(), v.scalar_type() == at::kBFloat16, row_width(w), nullptr, nullptr};
 }
 
-// The in-order kernel pass of split_entries: w += alpha * grad (h == nullptr),
-// or the rule *h, for the entries of rows met once.
-OrderedFn in_order(const EmbHyper* h, float alpha) {
-  return [h, alpha](const Work& w, int64_t b, int64_t e0, int64_t e1, EmbEntry* rest) {
+// The in-order kernel pass of split_entries: w += alpha * grad for the entries
+// of rows not marked repeated.
+OrderedFn add_in_order(float alpha) {
+  return [alpha](const Work& w, int64_t b, int64_t e0, int64_t e1, EmbEntry* rest) {
     int64_t n = 0;
-    IPT_DISPATCH(emb_ordered_apply, h, alpha, w.t, w.g, w.in, w.bag_start, b, e0, e1, w.repeated,
+    IPT_DISPATCH(emb_ordered_apply, alpha, w.t, w.g, w.in, w.bag_start, b, e0, e1, w.repeated,
                  w.rep_shift, rest, &n);
     return n;
   };
 }
-
-OrderedFn add_in_order(float alpha) { return in_order(nullptr, alpha); }
 
 // ---- ops ----------------------------------------------------------------------
 
@@ -186,7 +184,7 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   if (w.nnz == 0) return;
   EntryBuffer storage;
   const float a = static_cast<float>(alpha);
-  split_entries(works, /*row_sums=*/false, storage, add_in_order(a));  // also checks the row ids
+  split_entries(works, /*row_sums=*/false, storage, add_in_order(a));  // checks the row ids
   if (w.t.dim == 0) return;
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, a, ents, n);
@@ -270,10 +268,7 @@ void sparse_row_update_(at::TensorList params, at::TensorList grads, at::TensorL
   // row id before its in-order pass writes.
   const OrderedFn ordered = [&](const Work& wk, int64_t b, int64_t e0, int64_t e1, EmbEntry* rest) {
     const EmbHyper& h = work_hyper[&wk - works.data()];
-    int64_t n = 0;
-    IPT_DISPATCH(emb_ordered_apply, kind == kEmbSgd ? nullptr : &h, h.maximize ? h.lr : -h.lr,
-                 wk.t, wk.g, wk.in, wk.bag_start, b, e0, e1, wk.repeated, wk.rep_shift, rest, &n);
-    return n;
+    return add_in_order(h.maximize ? h.lr : -h.lr)(wk, b, e0, e1, rest);
   };
   split_entries(works, /*row_sums=*/kind != kEmbSgd, storage, ordered);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t m) {
@@ -466,8 +461,7 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
   EntryBuffer storage;
   const float alpha = maximize ? h.lr : -h.lr;
   // SGD needs no per-row sum: each entry is applied in order
-  split_entries(works, /*row_sums=*/kind != kEmbSgd, storage,
-                in_order(kind == kEmbSgd ? nullptr : &h, alpha));
+  split_entries(works, /*row_sums=*/kind != kEmbSgd, storage, add_in_order(alpha));
   if (kind == kEmbSgd) {
     for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
       IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, alpha, ents, n);
