@@ -7,7 +7,8 @@
 // parallel; with several threads it applies only the entries of rows met once
 // in the call (repeated rows are marked first: a hashed bitmap per lane,
 // merged), which have no order to keep, and sets the others aside. Updates
-// that sum a row's entries first skip that pass. What is left is sorted into
+// that sum a row's entries first, and the fused backward with several
+// threads, skip that pass. What is left is sorted into
 // buckets by a hash of its row, a stable counting sort (no comparison sort),
 // and whole buckets run in parallel. Results are the same for any thread
 // count, chunking and bucket count.
@@ -81,11 +82,12 @@ using OrderedFn = std::function<int64_t(const Work&, int64_t, int64_t, int64_t, 
 
 // Checks that every row id of every work item is in range (raising before any
 // write; see check_index). row_sums (the kernel sums a row's entries before its
-// update): sorts every entry into buckets (padding rows dropped) for
-// for_each_bucket; `ordered` is not called. Otherwise marks the repeated rows
-// where several threads could meet on a row, runs `ordered` over every chunk
-// in parallel, and sorts the entries it set aside into buckets. The entries go
-// to `storage`, which must outlive their use.
+// update), or gradient rows per bag with several threads: sorts every entry
+// into buckets (padding rows dropped) for for_each_bucket; `ordered` is not
+// called. Otherwise marks the repeated rows where several threads could meet
+// on a row, runs `ordered` over every chunk in parallel, and sorts the entries
+// it set aside into buckets. The entries go to `storage`, which must outlive
+// their use.
 void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage,
                    const OrderedFn& ordered);
 
