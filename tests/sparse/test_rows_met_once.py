@@ -1,7 +1,10 @@
 """Rows met once in a call are applied from the in-order pass, repeated rows
 from the row buckets (native/ops/bucket_sort.h). Calls here span several
 chunks of 8192 entries, so several lanes mark rows, with rows met once, rows
-repeated inside a chunk, across chunks and many times in a row, padding and
+repeated inside a chunk, across chunks (also the last entries of one chunk
+with the first of the next, which two lanes reach at once when a repeat is
+missed: dropping the merge's seen-in-two-lanes term fails ~10 tests here and
+in test_sparse_add / test_sparse_optim) and many times in a row, padding and
 empty bags: every update rule must give the same bits at 1, 2 and 3 threads
 and on every ISA level, and match its plain-PyTorch reference."""
 import pytest
@@ -24,6 +27,8 @@ def _rows(n, rows, gen):
     idx[5000:5300] = idx[100:400].clone()  # twice within the first chunk
     for start in range(8192 + 1000, n - 400, 8192):  # and in every other chunk
         idx[start:start + 100] = idx[200:300].clone()
+    for end in range(8192, n - 200, 8192):  # last entries of a chunk, first of the next:
+        idx[end:end + 100] = idx[end - 100:end].clone()  # two lanes would meet on them at once
     idx[-300:] = idx[200:500].clone()
     idx[9000:9010] = idx[9000].clone()  # one row 10 times in a row
     return idx
