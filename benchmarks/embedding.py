@@ -13,13 +13,18 @@ a shared machine slows them alike; each is reported as the minimum over the
 rounds (the median beside it) and ratios use the minima. Row-wise Adagrad is
 compared with FBGEMM's only (torch has no such optimizer).
 
-    python benchmarks/embedding.py [--rows 1000000] [--iters 30] [--threads N] [--parts]
+    python benchmarks/embedding.py [--rows 1000000] [--iters 30] [--threads N]
+    python benchmarks/embedding.py --parts [--reps 5] [--ops] [--threads N]
 
---parts times ours only, split into its parts (the forward op alone, forward op +
-backward-update op called directly, the module's autograd step, and the two ops
-with a built-in C++ autograd node in the graph: what any autograd step pays,
-whatever its node), each as a share of the floor's speed: cheap enough to
-repeat on a loaded machine, and it says which part of the step is over the floor.
+--parts times ours only (the module's step for SGD and row-wise Adagrad, fp32
+and bf16-split; the forward alone; sparse_add_ on a huge-page table like the
+floor's; with --ops also the two ops
+called directly, without autograd) as shares of the floor's speed, the floor
+measured in the same run between repeats (floor, then all variants
+round-robin, --reps times): medians of medians, and the range over the repeats
+says how noisy the machine was. Cheap enough to repeat on a loaded machine;
+--cpu-time times both by process CPU time instead (all threads: at 2 threads a
+thread spinning at a barrier while the other was preempted still counts).
 """
 import argparse
 import gc
@@ -29,12 +34,14 @@ import pathlib
 import shutil
 import statistics
 import subprocess
+import time
 
 import numpy as np
 import torch
 
 import _timing  # benchmarks/_timing.py
 import ipex_train
+from ipex_train import _ops
 from ipex_train.sparse import FusedEmbeddingBag, sparse_add_
 
 
@@ -52,7 +59,7 @@ def batches(kind, rows, bags, per_bag, n, seed=0):
     return out
 
 
-def interleaved(variants, iters):
+def interleaved(variants, iters, clock=time.perf_counter):
     """variants: {name: (fn, data)}, run round-robin (_timing.interleaved).
     Every call, whichever variant makes it, takes the next batch of its data:
     a batch is met again only after len(data) calls, by when the 16 MiB of table
@@ -63,7 +70,8 @@ def interleaved(variants, iters):
     calls = itertools.count()
     fns = {n: (lambda r, fn=fn, data=data: fn(*data[next(calls) % len(data)]))
            for n, (fn, data) in variants.items()}
-    return {n: (lo * 1e3, med * 1e3) for n, (lo, med) in _timing.interleaved(fns, iters).items()}
+    res = _timing.interleaved(fns, iters, clock=clock)
+    return {n: (lo * 1e3, med * 1e3) for n, (lo, med) in res.items()}
 
 
 def stream_bandwidth():
@@ -76,8 +84,9 @@ def stream_bandwidth():
 HERE = pathlib.Path(__file__).resolve().parent
 
 
-def row_traffic_floor(rows, dim, bags, per_bag, rounds):
-    """(forward ms, update ms, sparse add ms) of benchmarks/row_traffic.cpp: bare
+def row_traffic_floor(rows, dim, bags, per_bag, rounds, cpu_clock=False):
+    """(forward ms, update ms, sparse add ms) of benchmarks/row_traffic.cpp (minima
+    over the rounds, then the same three as medians): bare
     loops doing only the table traffic (uniform rows), built here on first use,
     run in its own process with torch's thread count. None if no C++ compiler."""
     cxx = shutil.which(os.environ.get("CXX", "g++"))
@@ -89,10 +98,11 @@ def row_traffic_floor(rows, dim, bags, per_bag, rounds):
         exe.parent.mkdir(parents=True, exist_ok=True)
         isa = [] if ipex_train.isa() == "scalar" else ["-mavx2", "-mfma"]
         subprocess.run([cxx, "-O3", *isa, "-fopenmp", str(src), "-o", str(exe)], check=True)
-    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()),
+               ROW_TRAFFIC_CLOCK="cpu" if cpu_clock else "wall")
     out = subprocess.run([str(exe), str(rows), str(dim), str(bags), str(per_bag), str(rounds)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
-    return tuple(float(x) for x in out[:3])
+    return tuple(float(x) for x in out[:6])
 
 
 def torch_step(rows, dim, lr):
@@ -140,80 +150,87 @@ def forward_only(module):
     return fwd
 
 
-def ops_step(emb, kind):
+def ops_step(emb, rule):
     """forward op + backward-update op called directly: the module's step
     without autograd and Python glue."""
     ops = torch.ops.ipex_train
     tabs = emb._tables
-    state1 = [t._buffers["state_sum"] for t in tabs] if kind else []
+    state1 = [t._buffers["state_sum"] for t in tabs] if rule != "sgd" else []
     trails = [t._buffers["trail"] for t in tabs] if emb.dtype == torch.bfloat16 else []
     eps = float(emb.optimizer.param_groups[0]["eps"])
 
     def step(idx, off):
         out = ops.embedding_bags_forward(emb._weights(), [idx], [off], [], [-1], False, False)
         ops.embedding_bags_backward_update_(emb._weights(), trails, state1, [], torch.ones_like(out),
-                                            [idx], [off], [], [-1], False, False, kind, 0.01, eps,
-                                            0.0, 0.0, 0.0, False)
-    return step
-
-
-def ops_cnode_step(emb):
-    """The two ops of ops_step (SGD, fp32), with a built-in C++ autograd node (an
-    add) run by the engine between them: autograd's own cost, no Python node."""
-    ops = torch.ops.ipex_train
-    anchor = torch.zeros((), requires_grad=True)
-
-    def step(idx, off):
-        out = ops.embedding_bags_forward(emb._weights(), [idx], [off], [], [-1], False, False)
-        y = out + anchor
-        y.backward(torch.ones_like(y))
-        anchor.grad = None
-        ops.embedding_bags_backward_update_(emb._weights(), [], [], [], torch.ones_like(out),
-                                            [idx], [off], [], [-1], False, False, 0, 0.01, 0.0,
+                                            [idx], [off], [], [-1], False, False, rule, 0.01, eps,
                                             0.0, 0.0, 0.0, False)
     return step
 
 
 def parts(args):
-    """Ours only, by part, as shares of the floor's speed (see the docstring)."""
+    """Ours only, as shares of the floor's speed, the floor measured in the same
+    run: each of --reps repeats runs row_traffic.cpp (its own process) and then
+    every variant round-robin (--iters rounds); a share is floor median / ours
+    median within one repeat, and the median share over the repeats is printed
+    with its range (how noisy the machine was)."""
     R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
     f32, b16 = torch.float32, torch.bfloat16
-    kinds = {"sgd": 0, "rowwise_adagrad": 2}
+    table = []  # (kind, variant, median share, lo, hi, median ms)
     for kind in ("uniform", "zipf"):
         data = batches(kind, R, B, L, 8)
         variants, keep = {}, []
-        for opt in kinds:
+        for opt in ("sgd", "rowwise_adagrad"):
             for dt in (f32, b16):
                 step, emb = ours_step(R, D, lr, opt, dt)
                 tag = f"{opt} {str(dt)[6:]}"
                 variants[f"step {tag}"] = (step, data)
-                variants[f"ops {tag}"] = (ops_step(emb, kinds[opt]), data)
+                if args.ops:
+                    variants[f"ops {tag}"] = (ops_step(emb, opt), data)
                 if opt == "sgd":
                     variants[f"fwd {tag}"] = (forward_only(emb), data)
-                if opt == "sgd" and dt == f32:
-                    variants[f"ops+C++ node {tag}"] = (ops_cnode_step(emb), data)
                 keep.append(emb)
-        w = torch.nn.EmbeddingBag(R, D, mode="sum").weight.detach()
+        # on huge pages, as the floor's table (a torch-allocated one on 4 KiB pages
+        # took 1.2-1.3x as long here: a page walk per row)
+        w = _ops.table_tensor((R, D), torch.float32).normal_()
         grads = []
         for i0, _ in data:
             g = torch.sparse_coo_tensor(i0[None], torch.full((i0.numel(), D), 1e-3), (R, D))
             grads.append((g,))
         variants["sparse_add_"] = (lambda g: sparse_add_(w, g, -lr), grads)
         keep += [w, grads]
-        floors = [row_traffic_floor(R, D, B, L, args.iters)]
-        res = interleaved(variants, args.iters)
-        floors.append(row_traffic_floor(R, D, B, L, args.iters))
-        if floors[0] is None:
-            print("no C++ compiler: no floor")
-            return
-        fwd, upd, add = (min(f[k] for f in floors) for k in range(3))
-        print(f"\n== {kind} indices; floor (uniform rows): forward {fwd:.2f} + update {upd:.2f} = "
-              f"{fwd + upd:.2f} ms, sparse add {add:.2f} ms; min (median) ms, share of the floor's speed")
-        for name, (lo, med) in res.items():
-            ref = fwd if name.startswith("fwd") else add if name == "sparse_add_" else fwd + upd
-            print(f"  {name:28s} {lo:6.2f} ({med:6.2f})  {ref / lo * 100:4.0f}%")
-        del variants, keep, res
+        shares = {n: [] for n in variants}
+        lo_shares = {n: [] for n in variants}  # the same from minima
+        ms = {n: [] for n in variants}
+        floors = []
+        for _ in range(args.reps):
+            fl = row_traffic_floor(R, D, B, L, args.iters, args.cpu_time)
+            if fl is None:
+                print("no C++ compiler: no floor")
+                return
+            floors.append(fl[3:6])  # medians
+            res = interleaved(variants, args.iters,
+                              time.process_time if args.cpu_time else time.perf_counter)
+            for name, (lo, med) in res.items():
+                for f, t, out in ((fl[3:6], med, shares), (fl[:3], lo, lo_shares)):
+                    ref = f[0] if name.startswith("fwd") else f[2] if name == "sparse_add_" else f[0] + f[1]
+                    out[name].append(ref / t * 100)
+                ms[name].append(med)
+        med = statistics.median
+        fwd, upd, add = (med(f[k] for f in floors) for k in range(3))
+        print(f"\n== {kind} indices; floor (uniform rows), median of {args.reps} repeats' medians: "
+              f"forward {fwd:.2f} + update {upd:.2f} = {fwd + upd:.2f} ms (repeats "
+              f"{min(f[0] + f[1] for f in floors):.2f}-{max(f[0] + f[1] for f in floors):.2f}), "
+              f"sparse add {add:.2f} ms")
+        print("  variant                        ms   share of the floor's speed: from medians, "
+              "median [range over repeats]; from minima, median")
+        for name in variants:
+            sh = shares[name]
+            print(f"  {name:28s} {med(ms[name]):6.2f}   {med(sh):4.0f}% [{min(sh):3.0f}-{max(sh):3.0f}]   "
+                  f"{med(lo_shares[name]):4.0f}%")
+            table.append((kind, name, med(sh), min(sh), max(sh), med(ms[name])))
+        del variants, keep
         gc.collect()
+    return table
 
 
 def main():
@@ -225,6 +242,12 @@ def main():
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--parts", action="store_true", help="ours only, by part (see the docstring)")
+    ap.add_argument("--reps", type=int, default=5, help="--parts: floor + variants repeats")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="--parts: time ours and the floor by process CPU time (all threads), "
+                         "not wall time: a loaded machine's preemptions count far less")
+    ap.add_argument("--ops", action="store_true",
+                    help="--parts: also the two ops called directly (no autograd)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -232,7 +255,8 @@ def main():
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "
               f"{ipex_train.isa()}; table {args.rows} x {args.dim}, batch {args.batch} x "
               f"{args.per_bag} lookups")
-        return parts(args)
+        parts(args)
+        return
     R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
     bw = stream_bandwidth()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ipex_train ISA "

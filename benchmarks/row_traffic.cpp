@@ -18,17 +18,19 @@
 // of lookups here): harmless for a timing, and no part of ipex_train does it.
 //
 //   g++ -O3 -mavx2 -mfma -fopenmp row_traffic.cpp -o row_traffic
-//   ./row_traffic ROWS DIM BAGS PER_BAG ROUNDS   -> "forward_ms update_ms add_ms" (minima)
+//   ./row_traffic ROWS DIM BAGS PER_BAG ROUNDS
+//     -> "forward_ms update_ms add_ms" (minima), then the same three as medians
+//   ROW_TRAFFIC_CLOCK=cpu: process CPU time (all threads) instead of wall time
 #include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <type_traits>
 #include <vector>
@@ -48,17 +50,24 @@ void each_block(int64_t bags, int64_t per_bag, Fn&& fn) {
   for (int64_t b; (b = next.fetch_add(1)) < blocks;) fn(b * step, std::min(bags, (b + 1) * step));
 }
 
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+// Milliseconds: wall time, or with ROW_TRAFFIC_CLOCK=cpu the CPU time of the
+// whole process (all threads), which other processes' load inflates far less.
+bool g_cpu_clock = false;
+
+double now_ms() {
+  timespec ts;
+  clock_gettime(g_cpu_clock ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-// One forward and one update per round (the batch the forward read); minima
-// after two warm-up rounds. kDim: the row width as a constant (0: use dim), as
-// the ipex_train kernels are compiled for the common widths.
+// One forward, one update (the batch the forward read) and one add per round;
+// the times of the rounds after two warm-up rounds go to ts[0..2]. kDim: the
+// row width as a constant (0: use dim), as the ipex_train kernels are compiled
+// for the common widths.
 template <int64_t kDim>
 void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int64_t>>& idx,
                  int64_t bags, int64_t per_bag, int64_t rounds, float* pooled, const float* grad,
-                 float* const values[2], double* best) {
+                 float* const values[2], std::vector<double>* ts) {
   const int64_t dim = kDim ? kDim : dim_rt;
   const int64_t batches = static_cast<int64_t>(idx.size());
   // row ix[e] += -lr * src[e / per_src], every lookup, rows prefetched for writing
@@ -78,7 +87,7 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
   };
   for (int64_t round = 0; round < rounds + 2; ++round) {
     const int64_t* ix = idx[round % batches].data();
-    auto t0 = std::chrono::steady_clock::now();
+    double t0 = now_ms();
     each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
       const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
       for (int64_t e = e0; e < e1; ++e) {
@@ -91,18 +100,18 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
         for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
       }
     });
-    const double fwd = ms_since(t0);
-    t0 = std::chrono::steady_clock::now();
+    const double fwd = now_ms() - t0;
+    t0 = now_ms();
     update_rows(ix, grad, per_bag);  // gradient row: the lookup's bag
-    const double upd = ms_since(t0);
+    const double upd = now_ms() - t0;
     const int64_t* cold = idx[(round + batches / 2) % batches].data();
-    t0 = std::chrono::steady_clock::now();
+    t0 = now_ms();
     update_rows(cold, values[round % 2], 1);  // one values row per lookup
-    const double add = ms_since(t0);
+    const double add = now_ms() - t0;
     if (round >= 2) {
-      best[0] = std::min(best[0], fwd);
-      best[1] = std::min(best[1], upd);
-      best[2] = std::min(best[2], add);
+      ts[0].push_back(fwd);
+      ts[1].push_back(upd);
+      ts[2].push_back(add);
     }
   }
 }
@@ -114,6 +123,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: %s ROWS DIM BAGS PER_BAG ROUNDS\n", argv[0]);
     return 2;
   }
+  const char* clk = std::getenv("ROW_TRAFFIC_CLOCK");
+  g_cpu_clock = clk && std::strcmp(clk, "cpu") == 0;
   const int64_t rows = std::atoll(argv[1]), dim = std::atoll(argv[2]), bags = std::atoll(argv[3]);
   const int64_t per_bag = std::atoll(argv[4]), rounds = std::atoll(argv[5]);
   const int64_t n = bags * per_bag, batches = 16;  // n lookups per batch
@@ -135,11 +146,10 @@ int main(int argc, char** argv) {
   std::vector<float> pooled(bags * dim), grad(bags * dim, 1e-3f);
   std::vector<float> values0(n * dim, 1e-3f), values1(n * dim, 1e-3f);
   float* const values[2] = {values0.data(), values1.data()};
-  double best[3] = {1e30, 1e30, 1e30};
+  std::vector<double> ts[3];
   auto run = [&](auto width) {
     constexpr int64_t kDim = decltype(width)::value;
-    time_rounds<kDim>(table, dim, idx, bags, per_bag, rounds, pooled.data(), grad.data(), values,
-                      best);
+    time_rounds<kDim>(table, dim, idx, bags, per_bag, rounds, pooled.data(), grad.data(), values, ts);
   };
   switch (dim) {
     case 16: run(std::integral_constant<int64_t, 16>{}); break;
@@ -150,7 +160,14 @@ int main(int argc, char** argv) {
   }
   volatile float sink = 0;  // keeps the pooled sums (and so the forward) live
   for (float v : pooled) sink = sink + v;
-  std::printf("%.4f %.4f %.4f\n", best[0], best[1], best[2]);
+  double lo[3], med[3];
+  for (int k = 0; k < 3; ++k) {
+    std::sort(ts[k].begin(), ts[k].end());
+    lo[k] = ts[k].front();
+    const size_t m = ts[k].size();
+    med[k] = m % 2 ? ts[k][m / 2] : (ts[k][m / 2 - 1] + ts[k][m / 2]) / 2;
+  }
+  std::printf("%.4f %.4f %.4f %.4f %.4f %.4f\n", lo[0], lo[1], lo[2], med[0], med[1], med[2]);
   std::free(table);
   return 0;
 }

@@ -111,18 +111,19 @@ def test_embedding_kernels_keep_their_prefetches():
     side-effect free), which made the fused embedding backward 2x slower with
     no other symptom. Each level's copy must keep the table-row prefetches
     (fp32 and split top/trail) as well as the gradient-source ones; counted over
-    each kernel and its per-row-width copies (bucket_add<W>, bucket_update<W>),
-    wherever the compiler left them. The entry sort's scatter prefetches its
-    output streams (native/ops/bucket_sort.cpp): that too."""
+    each kernel and its per-row-width copies (bucket_add<W>, bucket_update<W>,
+    ordered_apply<W>), wherever the compiler left them. The entry sort's
+    scatter prefetches its output streams (native/ops/bucket_sort.cpp): that too."""
     counts, scatter = {}, 0
     for name, body in _functions(LIB):
         m = re.search(r"ipex_train::(\w+)::(?:\(anonymous namespace\)::)?"
-                      r"(?:emb_)?(bucket_add|bucket_update)[(<]", name)
+                      r"(?:emb_)?(bucket_add|bucket_update|ordered_apply)[(<]", name)
         if m:
             counts[m.groups()] = counts.get(m.groups(), 0) + sum("prefetch" in line for line in body)
-        if "sort_entries" in name:
+        if "split_entries" in name:
             scatter += sum("prefetch" in line for line in body)
     for level in ("scalar", "avx2", "avx512", "avx512_bf16"):
         assert counts.get((level, "bucket_add"), 0) >= 4, counts
         assert counts.get((level, "bucket_update"), 0) >= 7, counts
+        assert counts.get((level, "ordered_apply"), 0) >= 3, counts  # fp32, top, trail rows
     assert scatter >= 2

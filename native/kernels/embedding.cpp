@@ -271,7 +271,52 @@ void bucket_update(const EmbHyper& h, const EmbTable& t, const EmbGrad& g, const
   }
 }
 
+// Bit hash_row(r) >> shift of the bitmap `bits` (shift < 64).
+IPT_INLINE bool bit_set(const uint64_t* bits, int shift, int64_t r) {
+  const uint64_t h = hash_row(r) >> shift;
+  return (bits[h >> 6] >> (h & 63)) & 1;
+}
+
+template <int64_t kD>
+int64_t ordered_apply(float alpha, const EmbTable& t, const EmbGrad& g, EmbIndex in,
+                      const int64_t* st, int64_t b, int64_t e0, int64_t e1, const uint64_t* rep,
+                      int rep_shift, EmbEntry* rest) {
+  const int64_t d = kD ? kD : t.dim;
+  constexpr int64_t kAhead = 8;  // rows in flight, as bucket_add
+  int64_t nrest = 0;
+  for (int64_t e = e0; e < e1; ++e) {
+    if (e + kAhead < e1) {
+      const int64_t rn = row_of(in, e + kAhead);
+      if (!rep || !bit_set(rep, rep_shift, rn)) prefetch_row(t, rn, d);
+    }
+    if (st)
+      while (st[b + 1] <= e) ++b;
+    const int64_t r = row_of(in, e);
+    if (r == in.padding_idx) continue;
+    const EmbEntry en{r, static_cast<int32_t>(st ? b : e), static_cast<int32_t>(e)};
+    if (rep && bit_set(rep, rep_shift, r)) {
+      rest[nrest++] = en;
+      continue;
+    }
+    const void* src = grad_row(g, en.src);
+    const float sc = alpha * entry_scale(g, en);
+    if (t.fp32) accumulate_any(false, g.bf16, t.fp32 + r * d, src, sc, d);
+    else if (g.bf16) add_split_row<true>(t.top + r * d, t.trail + r * d, src, sc, d);
+    else add_split_row<false>(t.top + r * d, t.trail + r * d, src, sc, d);
+  }
+  return nrest;
+}
+
 }  // namespace
+
+void emb_ordered_apply(float alpha, const EmbTable& t, EmbGrad g, EmbIndex in,
+                       const int64_t* bag_start, int64_t b, int64_t e0, int64_t e1,
+                       const uint64_t* repeated, int rep_shift, EmbEntry* rest, int64_t* nrest) {
+  by_width(t.dim, [&](auto w) {
+    *nrest = ordered_apply<decltype(w)::value>(alpha, t, g, in, bag_start, b, e0, e1, repeated,
+                                               rep_shift, rest);
+  });
+}
 
 void emb_bucket_add(const EmbTable& t, EmbGrad g, float alpha, const EmbEntry* ents, int64_t n) {
   by_width(t.dim, [&](auto w) { bucket_add<decltype(w)::value>(t, g, alpha, ents, n); });

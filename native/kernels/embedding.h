@@ -10,13 +10,19 @@
 // grad.scale[e] (per-sample weight) or grad.src_scale[src(e)] (mode mean:
 // 1 / bag size) when either is set.
 //
-// Threads never share a row: the ops layer sorts the entries into buckets by
-// a hash of their row (a stable counting sort: within a bucket, entries keep
-// their original order) and hands whole buckets to the kernels. Every row is
-// therefore updated by one thread, in the original entry order, so results do
-// not depend on the thread count or on the bucket count. The sort writes each
-// entry with its row and gradient source row (EmbEntry), so the kernels read
-// them in sequence instead of looking up idx[e] and bag[e] at random.
+// Threads never share a row. Updates that need a row's summed gradient
+// (emb_bucket_update) get whole buckets: the ops layer sorts the entries into
+// buckets by a hash of their row (a stable counting sort: within a bucket,
+// entries keep their original order). Updates that apply entry by entry
+// (SGD, sparse-add) first run an in-order pass over the entries
+// (emb_ordered_apply): with several threads, it applies only the entries of
+// rows the ops layer found once in the call (a hashed bitmap; a collision only
+// marks a row met once as repeated), which have no order to keep, and sets the
+// others aside for the buckets. Every row is therefore updated by one thread,
+// in the original entry order, so results do not depend on the thread count,
+// the chunking or the bucket count. The sort writes each entry with its row and gradient
+// source row (EmbEntry), so the kernels read them in sequence instead of
+// looking up idx[e] and bag[e] at random.
 #pragma once
 #include <cstdint>
 
@@ -101,6 +107,15 @@ struct EmbBags {
 }  // namespace ipex_train
 
 #define IPT_EMBEDDING_KERNEL_DECLS                                                          \
+  /* Entries [e0, e1) in order, padding rows skipped: w[row] += alpha * grad.     */      \
+  /* Entry e's gradient source row is e, or with bag_start its bag (b: the bag of  */      \
+  /* entry e0). An entry whose row has its bit set in `repeated` (bit              */      \
+  /* hash_row(row) >> rep_shift) goes to rest[] instead (their count to *nrest).   */      \
+  /* repeated == nullptr: no bit set (one thread owns every row of the call).      */      \
+  void emb_ordered_apply(float alpha, const EmbTable& t, EmbGrad g, EmbIndex in,           \
+                         const int64_t* bag_start, int64_t b, int64_t e0, int64_t e1,      \
+                         const uint64_t* repeated, int rep_shift, EmbEntry* rest,          \
+                         int64_t* nrest);                                                   \
   /* w[row] += alpha * grad for the n entries ents[0..n), in that order. */               \
   void emb_bucket_add(const EmbTable& t, EmbGrad g, float alpha, const EmbEntry* ents,     \
                       int64_t n);                                                           \

@@ -1,14 +1,21 @@
-// The bucket sort of the sparse ops (sparse_ops.cpp) and its scheduler.
+// The entry pass of the sparse ops (sparse_ops.cpp) and its scheduler.
 //
 // An op call's entries (one per index: table row, gradient source row) are
-// sorted into buckets by a hash of their row, a stable counting sort in
-// parallel over chunks of entries (no comparison sort); then whole buckets
-// run in parallel, so one thread owns each row and applies its entries in
-// their original order. Results are the same for any thread count and any
-// bucket count.
+// checked, then applied so that one thread owns each row and applies its
+// entries in their original order. Updates that apply entry by entry (SGD,
+// sparse-add) run an in-order kernel pass over the entries, chunk by chunk in
+// parallel; with several threads it applies only the entries of rows met once
+// in the call (repeated rows are marked first: a hashed bitmap per lane,
+// merged), which have no order to keep, and sets the others aside. Updates
+// that sum a row's entries first, and the fused backward with several
+// threads, skip that pass. What is left is sorted into
+// buckets by a hash of its row, a stable counting sort (no comparison sort),
+// and whole buckets run in parallel. Results are the same for any thread
+// count, chunking and bucket count.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -32,9 +39,13 @@ struct Work {
   // entry's bag); nullptr: one row per entry (src(e) = e).
   const int64_t* bag_start = nullptr;
   int64_t bags = 0;
+  // Rows marked as repeated: bit hash_row(row) >> rep_shift of `repeated`;
+  // nullptr: none (every entry is applied in order by one thread).
+  const uint64_t* repeated = nullptr;
+  int rep_shift = 64;
   int shift;  // bucket = hash(row) >> shift; 64 -> one bucket
   int64_t nbuckets;
-  EmbEntry* perm = nullptr;     // entries in bucket order (in an EntryBuffer)
+  EmbEntry* perm = nullptr;     // bucketed entries in bucket order (in an EntryBuffer)
   std::vector<int64_t> bstart;  // [nbuckets + 1]
 };
 
@@ -63,11 +74,22 @@ class EntryBuffer {
 [[noreturn]] void index_out_of_range(const char* op, const std::string& name, const EmbIndex& in,
                                       int64_t pos, int64_t rows);
 
-// Sorts the entries of every work item (padding rows dropped) into buckets,
-// and checks on the way that every row id is in range (raising before any
-// kernel writes; see check_index). The entries go to `storage`, which must
-// outlive their use.
-void sort_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage);
+// The kernel pass over one chunk: ordered(work, b, e0, e1, rest) applies the
+// entries [e0, e1) (b: the bag of e0 when work.bag_start is set) whose row is
+// not marked in work.repeated and writes the others to rest, returning their
+// count (emb_ordered_apply).
+using OrderedFn = std::function<int64_t(const Work&, int64_t, int64_t, int64_t, EmbEntry*)>;
+
+// Checks that every row id of every work item is in range (raising before any
+// write; see check_index). row_sums (the kernel sums a row's entries before its
+// update), or gradient rows per bag with several threads: sorts every entry
+// into buckets (padding rows dropped) for for_each_bucket; `ordered` is not
+// called. Otherwise marks the repeated rows where several threads could meet
+// on a row, runs `ordered` over every chunk in parallel, and sorts the entries
+// it set aside into buckets. The entries go to `storage`, which must outlive
+// their use.
+void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage,
+                   const OrderedFn& ordered);
 
 // Runs fn(work, entries, n) on every bucket of every work item, in parallel.
 template <class Fn>

@@ -42,6 +42,25 @@ void for_each_chunk(const std::vector<int64_t>& numel, Fn&& fn) {
   });
 }
 
+// Lanes for parallel_lanes with n items: min(n, threads).
+inline int64_t lane_count(int64_t n) {
+  return std::max<int64_t>(0, std::min<int64_t>(n, at::get_num_threads()));
+}
+
+// parallel_each, calling fn(lane, i): lane in [0, lane_count(n)) is the same
+// for every item one task takes and no two tasks share it, so per-lane
+// scratch needs no locks (a nested call runs all lanes in one task).
+template <class Fn>
+void parallel_lanes(int64_t n, Fn&& fn) {
+  const int64_t lanes = lane_count(n);
+  if (lanes == 0) return;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, lanes, 1, [&](int64_t l0, int64_t l1) {
+    for (int64_t lane = l0; lane < l1; ++lane)
+      for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(lane, i);
+  });
+}
+
 // Runs fn(i) for every i in [0, n) on torch's threads, each thread taking the
 // next unclaimed i. The items here are memory-bound, and on a shared machine
 // equal items do not take equal times: with fixed halves (at::parallel_for),
@@ -49,11 +68,7 @@ void for_each_chunk(const std::vector<int64_t>& numel, Fn&& fn) {
 // item never changes its result.
 template <class Fn>
 void parallel_each(int64_t n, Fn&& fn) {
-  if (n <= 0) return;
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(n, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    for (int64_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) fn(i);
-  });
+  parallel_lanes(n, [&](int64_t, int64_t i) { fn(i); });
 }
 
 }  // namespace ops

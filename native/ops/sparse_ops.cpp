@@ -79,7 +79,7 @@ void attach_state(const char* op, EmbTable& t, int64_t kind, const at::Tensor& w
 }
 
 // 1-D int32/int64 row ids. Returns the kernel's view. Their range is checked
-// where they are read anyway before anything is written (sort_entries, the
+// where they are read anyway before anything is written (split_entries, the
 // forward kernel): a separate pass over cold indices cost 0.1-0.4 ms per call
 // here.
 EmbIndex check_index(const char* op, const at::Tensor& idx, const std::string& name,
@@ -157,6 +157,17 @@ EmbGrad check_values(const char* op, const at::Tensor& v, const at::Tensor& w, i
   return EmbGrad{v.data_ptr(), v.scalar_type() == at::kBFloat16, row_width(w), nullptr, nullptr};
 }
 
+// The in-order kernel pass of split_entries: w += alpha * grad for the entries
+// of rows not marked repeated.
+OrderedFn add_in_order(float alpha) {
+  return [alpha](const Work& w, int64_t b, int64_t e0, int64_t e1, EmbEntry* rest) {
+    int64_t n = 0;
+    IPT_DISPATCH(emb_ordered_apply, alpha, w.t, w.g, w.in, w.bag_start, b, e0, e1, w.repeated,
+                 w.rep_shift, rest, &n);
+    return n;
+  };
+}
+
 // ---- ops ----------------------------------------------------------------------
 
 void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
@@ -172,9 +183,9 @@ void sparse_add_(at::Tensor& weight, const std::optional<at::Tensor>& trail,
   w.g = check_values(op, values, weight, w.nnz);
   if (w.nnz == 0) return;
   EntryBuffer storage;
-  sort_entries(works, /*row_sums=*/false, storage);  // also checks the row ids
-  if (w.t.dim == 0) return;
   const float a = static_cast<float>(alpha);
+  split_entries(works, /*row_sums=*/false, storage, add_in_order(a));  // checks the row ids
+  if (w.t.dim == 0) return;
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
     IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, a, ents, n);
   });
@@ -253,9 +264,13 @@ void sparse_row_update_(at::TensorList params, at::TensorList grads, at::TensorL
     work_hyper.push_back(h);
   }
   EntryBuffer storage;
-  // SGD applies entry by entry (no per-row sums); this pass checks every row id.
-  sort_entries(works, /*row_sums=*/kind != kEmbSgd, storage);
-  // -- checked: the writes start here
+  // SGD applies entry by entry (no per-row sums). split_entries checks every
+  // row id before its in-order pass writes.
+  const OrderedFn ordered = [&](const Work& wk, int64_t b, int64_t e0, int64_t e1, EmbEntry* rest) {
+    const EmbHyper& h = work_hyper[&wk - works.data()];
+    return add_in_order(h.maximize ? h.lr : -h.lr)(wk, b, e0, e1, rest);
+  };
+  split_entries(works, /*row_sums=*/kind != kEmbSgd, storage, ordered);
   for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t m) {
     const EmbHyper& h = work_hyper[&wk - works.data()];
     if (kind == kEmbSgd) {
@@ -444,9 +459,10 @@ void embedding_bags_backward_update_(at::TensorList weights, at::TensorList trai
                   mean ? bag_scale[t].data() : nullptr};
   }
   EntryBuffer storage;
-  sort_entries(works, /*row_sums=*/kind != kEmbSgd, storage);
-  if (kind == kEmbSgd) {  // SGD needs no per-row sum: each entry is applied in order
-    const float alpha = maximize ? h.lr : -h.lr;
+  const float alpha = maximize ? h.lr : -h.lr;
+  // SGD needs no per-row sum: each entry is applied in order
+  split_entries(works, /*row_sums=*/kind != kEmbSgd, storage, add_in_order(alpha));
+  if (kind == kEmbSgd) {
     for_each_bucket(works, [&](Work& wk, const EmbEntry* ents, int64_t n) {
       IPT_DISPATCH(emb_bucket_add, wk.t, wk.g, alpha, ents, n);
     });
