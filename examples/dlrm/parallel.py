@@ -85,6 +85,20 @@ def _feature_runs(ids):
     return runs
 
 
+def _owner_slices(flat, placement, rows, dim):
+    """`flat` as each owner's [rows, its features, dim] block, owners in rank
+    order: (block columns, model-order feature slice) per run of consecutive
+    feature ids."""
+    off = 0
+    for ids in placement:
+        block = flat[off:off + rows * len(ids) * dim].view(rows, len(ids), dim)
+        k = 0
+        for f, n in _feature_runs(ids):
+            yield block[:, k:k + n], slice(f, f + n)
+            k += n
+        off += block.numel()
+
+
 class EmbeddingAllToAll(torch.autograd.Function):
     """[B, |T_me| * D] pooled embeddings of my tables -> [B_me, F, D] of all F
     tables, features in global order (what the interaction reads).
@@ -106,14 +120,8 @@ class EmbeddingAllToAll(torch.autograd.Function):
         recv = _exchange(send, [b * n_me * dim for b in splits],
                          [b_me * len(ids) * dim for ids in placement], group)
         out = local.new_empty(b_me, sum(len(ids) for ids in placement), dim)
-        off = 0
-        for ids in placement:
-            block = recv[off:off + b_me * len(ids) * dim].view(b_me, len(ids), dim)
-            k = 0
-            for f, n in _feature_runs(ids):
-                out[:, f:f + n].copy_(block[:, k:k + n])
-                k += n
-            off += block.numel()
+        for src, features in _owner_slices(recv, placement, b_me, dim):
+            out[:, features].copy_(src)
         return out
 
     @staticmethod
@@ -121,14 +129,8 @@ class EmbeddingAllToAll(torch.autograd.Function):
         placement, dim, splits, rank = ctx.placement, ctx.dim, ctx.splits, ctx.rank
         n_me, b_me = len(placement[rank]), splits[rank]
         send = grad.new_empty(grad.numel())
-        off = 0
-        for ids in placement:
-            block = send[off:off + b_me * len(ids) * dim].view(b_me, len(ids), dim)
-            k = 0
-            for f, n in _feature_runs(ids):
-                block[:, k:k + n].copy_(grad[:, f:f + n])
-                k += n
-            off += block.numel()
+        for dst, features in _owner_slices(send, placement, b_me, dim):
+            dst.copy_(grad[:, features])
         send.div_(len(splits))
         recv = _exchange(send, [b_me * len(ids) * dim for ids in placement],
                          [b * n_me * dim for b in splits], ctx.group)

@@ -39,6 +39,19 @@ static void load_rows(const InteractionInputs& in, int64_t b, int64_t dpad, floa
 // AVX-512 levels use 16-lane GCC vectors and two-row blocking (32 vector
 // registers hold it); below AVX-512 GCC spills 64-byte vectors to memory
 // (10x slower), so those levels keep plain float arrays it vectorizes well.
+
+// n results (fp32 sums) written as the output's type, bf16 rounded to nearest even.
+template <class T>
+static inline void store(T* dst, const float* src, int64_t n);
+template <>
+inline void store<float>(float* dst, const float* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
+}
+template <>
+inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) dst[k] = ipt_f32_to_bf16_rne(src[k]);
+}
+
 #if defined(__AVX512F__)
 
 // Sixteen lanes as one GCC vector: at AVX-512 one register, at AVX2 two, at
@@ -209,17 +222,6 @@ static inline void weighted_row_pair(const float* rows, const float* gz, int64_t
 }
 
 template <class T>
-static inline void store(T* dst, const float* src, int64_t n);
-template <>
-inline void store<float>(float* dst, const float* src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
-}
-template <>
-inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = ipt_f32_to_bf16_rne(src[k]);
-}
-
-template <class T>
 static void forward_rows(const InteractionInputs& in, T* out, int64_t begin, int64_t end) {
   const int64_t n = in.num_emb + 1, d = in.dim, dpad = padded(d), nc = dpad / kLanes;
   const int64_t pairs = n * (n - 1) / 2, width = d + pairs;
@@ -335,17 +337,6 @@ static inline void weighted_rows(const float* rows, const float* g, int64_t n, i
     for (int l = 0; l < NB * kLanes; ++l) a[l] = a[l] + gj * r[l];
   }
   for (int l = 0; l < NB * kLanes; ++l) acc[d0 + l] = a[l];
-}
-
-template <class T>
-static inline void store(T* dst, const float* src, int64_t n);
-template <>
-inline void store<float>(float* dst, const float* src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = src[k];
-}
-template <>
-inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
-  for (int64_t k = 0; k < n; ++k) dst[k] = ipt_f32_to_bf16_rne(src[k]);
 }
 
 template <class T>
