@@ -203,8 +203,9 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: the process's CPU seconds (all its threads; robust to other "
-                   "processes' load on a shared machine, but it counts OpenMP threads "
-                   "spinning at barriers)")
+                   "processes' load on a shared machine; it counts OpenMP threads "
+                   "spinning at barriers unless OMP_WAIT_POLICY=PASSIVE, printed in the "
+                   "header: the two policies rank the variants differently, DEVELOPING.md)")
     args = p.parse_args()
     import ipex_train
     from dlrm.trainer import Trainer
@@ -221,7 +222,8 @@ def main():
           f"cross 3 x rank 512, tables capped at {args.max_rows} rows ({sum(cfg32.table_sizes())} "
           f"rows); {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
           f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"ISA {ipex_train.isa()}, clock {args.clock}", flush=True)
+          f"ISA {ipex_train.isa()}, clock {args.clock}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}", flush=True)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     steps = dict(zip(VARIANTS[:2], stock_steps(cfg32)))
     steps.update(zip(VARIANTS[2:4], torchrec_steps(cfg32, data)))
