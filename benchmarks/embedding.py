@@ -85,8 +85,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def row_traffic_floor(rows, dim, bags, per_bag, rounds, cpu_clock=False):
-    """(forward ms, update ms, sparse add ms) of benchmarks/row_traffic.cpp (minima
-    over the rounds, then the same three as medians): bare
+    """(forward ms, update ms, sparse add ms, row-wise Adagrad update ms) of
+    benchmarks/row_traffic.cpp (minima over the rounds, then the same four as
+    medians): bare
     loops doing only the table traffic (uniform rows), built here on first use,
     run in its own process with torch's thread count. None if no C++ compiler."""
     cxx = shutil.which(os.environ.get("CXX", "g++"))
@@ -102,7 +103,7 @@ def row_traffic_floor(rows, dim, bags, per_bag, rounds, cpu_clock=False):
                ROW_TRAFFIC_CLOCK="cpu" if cpu_clock else "wall")
     out = subprocess.run([str(exe), str(rows), str(dim), str(bags), str(per_bag), str(rounds)],
                          env=env, check=True, capture_output=True, text=True).stdout.split()
-    return tuple(float(x) for x in out[:6])
+    return tuple(float(x) for x in out[:8])
 
 
 def torch_step(rows, dim, lr):
@@ -172,7 +173,10 @@ def parts(args):
     run: each of --reps repeats runs row_traffic.cpp (its own process) and then
     every variant round-robin (--iters rounds); a share is floor median / ours
     median within one repeat, and the median share over the repeats is printed
-    with its range (how noisy the machine was)."""
+    with its range (how noisy the machine was). Row-wise Adagrad's floor is the
+    forward plus the floor's row-wise update (the rows and one state line per
+    row); its share against the SGD floor (rows only) is printed beside it.
+    """
     R, D, B, L, lr = args.rows, args.dim, args.batch, args.per_bag, 0.01
     f32, b16 = torch.float32, torch.bfloat16
     table = []  # (kind, variant, median share, lo, hi, median ms)
@@ -201,32 +205,39 @@ def parts(args):
         shares = {n: [] for n in variants}
         lo_shares = {n: [] for n in variants}  # the same from minima
         ms = {n: [] for n in variants}
+        sgd_shares = {n: [] for n in variants if "rowwise" in n}  # against the SGD floor
         floors = []
         for _ in range(args.reps):
             fl = row_traffic_floor(R, D, B, L, args.iters, args.cpu_time)
             if fl is None:
                 print("no C++ compiler: no floor")
                 return
-            floors.append(fl[3:6])  # medians
+            floors.append(fl[4:8])  # medians
             res = interleaved(variants, args.iters,
                               time.process_time if args.cpu_time else time.perf_counter)
             for name, (lo, med) in res.items():
-                for f, t, out in ((fl[3:6], med, shares), (fl[:3], lo, lo_shares)):
-                    ref = f[0] if name.startswith("fwd") else f[2] if name == "sparse_add_" else f[0] + f[1]
+                for f, t, out in ((fl[4:8], med, shares), (fl[:4], lo, lo_shares)):
+                    ref = (f[0] if name.startswith("fwd") else f[2] if name == "sparse_add_"
+                           else f[0] + f[3] if "rowwise" in name else f[0] + f[1])
                     out[name].append(ref / t * 100)
+                    if "rowwise" in name and out is shares:
+                        sgd_shares[name].append((f[0] + f[1]) / t * 100)
                 ms[name].append(med)
         med = statistics.median
-        fwd, upd, add = (med(f[k] for f in floors) for k in range(3))
+        fwd, upd, add, rw = (med(f[k] for f in floors) for k in range(4))
         print(f"\n== {kind} indices; floor (uniform rows), median of {args.reps} repeats' medians: "
               f"forward {fwd:.2f} + update {upd:.2f} = {fwd + upd:.2f} ms (repeats "
               f"{min(f[0] + f[1] for f in floors):.2f}-{max(f[0] + f[1] for f in floors):.2f}), "
+              f"row-wise Adagrad: forward + update {rw:.2f} = {fwd + rw:.2f} ms, "
               f"sparse add {add:.2f} ms")
         print("  variant                        ms   share of the floor's speed: from medians, "
               "median [range over repeats]; from minima, median")
         for name in variants:
             sh = shares[name]
+            extra = (f"   (of the SGD floor: {med(sgd_shares[name]):.0f}%)"
+                     if name in sgd_shares else "")
             print(f"  {name:28s} {med(ms[name]):6.2f}   {med(sh):4.0f}% [{min(sh):3.0f}-{max(sh):3.0f}]   "
-                  f"{med(lo_shares[name]):4.0f}%")
+                  f"{med(lo_shares[name]):4.0f}%{extra}")
             table.append((kind, name, med(sh), min(sh), max(sh), med(ms[name])))
         del variants, keep
         gc.collect()
@@ -337,12 +348,15 @@ def main():
         print(f"bound (fp32 SGD step, {fp32_bytes / 1e6:.1f} MB at stream bandwidth): {bound:.2f} ms; "
               f"ours fp32 sgd at {bound / t[f'ours_sgd_{f32}'] * 100:.0f}% of it")
         if floors and floors[0] is not None:
-            fwd, upd, add = (min(f[k] for f in floors) for k in range(3))
+            fwd, upd, add, rw = (min(f[k] for f in floors) for k in range(4))
             print(f"floor (benchmarks/row_traffic.cpp: bare loops, the step's row traffic only, "
                   f"no sort / checks / autograd): forward {fwd:.2f} + update {upd:.2f} = "
                   f"{fwd + upd:.2f} ms; (a) / floor = {t['torch'] / (fwd + upd):.1f}x, the most "
                   f"any fused step could gain over (a) here; ours fp32 sgd at "
                   f"{(fwd + upd) / t[f'ours_sgd_{f32}'] * 100:.0f}% of the floor's speed")
+            print(f"floor of row-wise Adagrad (the same plus one state line per row): "
+                  f"{fwd + rw:.2f} ms; ours fp32 at "
+                  f"{(fwd + rw) / t[f'ours_rowwise_adagrad_{f32}'] * 100:.0f}% of its speed")
             print(f"floor of sparse_add_ (the same, one row += alpha * values row per lookup, in "
                   f"order): {add:.2f} ms; add_ / floor = {t['add_torch'] / add:.1f}x; ours at "
                   f"{add / t['add_ours'] * 100:.0f}% of the floor's speed")

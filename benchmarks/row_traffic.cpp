@@ -10,6 +10,10 @@
 //   add    : row += -lr * values[e] for every lookup of another (cold) batch,
 //            values [lookups, dim] read in order: the traffic of sparse_add_
 //            with an nn.EmbeddingBag(sparse=True) gradient
+//   rowwise: row-wise Adagrad's update after a forward of the same batch:
+//            the update's row traffic plus one state float per row (a random
+//            cache line read and written back): s[r] += mean(g^2),
+//            row += -lr / (sqrt(s[r]) + eps) * g, state prefetched with the row
 //
 // Uniform random rows over a table on transparent huge pages, one new batch per
 // round out of 16 (a batch's rows have left the caches when it comes back).
@@ -19,13 +23,15 @@
 //
 //   g++ -O3 -mavx2 -mfma -fopenmp row_traffic.cpp -o row_traffic
 //   ./row_traffic ROWS DIM BAGS PER_BAG ROUNDS
-//     -> "forward_ms update_ms add_ms" (minima), then the same three as medians
+//     -> "forward_ms update_ms add_ms rowwise_ms" (minima), then the same four
+//        as medians
 //   ROW_TRAFFIC_CLOCK=cpu: process CPU time (all threads) instead of wall time
 #include <omp.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -60,12 +66,13 @@ double now_ms() {
   return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-// One forward, one update (the batch the forward read) and one add per round;
-// the times of the rounds after two warm-up rounds go to ts[0..2]. kDim: the
+// One forward, one update (the batch the forward read), one add, then an
+// untimed forward of a third batch and its row-wise Adagrad update per round;
+// the times of the rounds after two warm-up rounds go to ts[0..3]. kDim: the
 // row width as a constant (0: use dim), as the ipex_train kernels are compiled
 // for the common widths.
 template <int64_t kDim>
-void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int64_t>>& idx,
+void time_rounds(float* table, float* state, int64_t dim_rt, const std::vector<std::vector<int64_t>>& idx,
                  int64_t bags, int64_t per_bag, int64_t rounds, float* pooled, const float* grad,
                  float* const values[2], std::vector<double>* ts) {
   const int64_t dim = kDim ? kDim : dim_rt;
@@ -85,9 +92,8 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
       }
     });
   };
-  for (int64_t round = 0; round < rounds + 2; ++round) {
-    const int64_t* ix = idx[round % batches].data();
-    double t0 = now_ms();
+  // pooled[bag] += row ix[e], every lookup, in bag order
+  auto forward = [&](const int64_t* ix) {
     each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
       const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
       for (int64_t e = e0; e < e1; ++e) {
@@ -100,6 +106,37 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
         for (int64_t j = 0; j < dim; ++j) acc[j] += row[j];
       }
     });
+  };
+  // row-wise Adagrad on row ix[e] with its bag's gradient row, every lookup
+  auto rowwise_rows = [&](const int64_t* ix) {
+    each_block(bags, per_bag, [&](int64_t b0, int64_t b1) {
+      const int64_t e0 = b0 * per_bag, e1 = b1 * per_bag;
+      for (int64_t e = e0; e < e1; ++e) {
+        if (e + kAhead < e1) {
+          const char* p = reinterpret_cast<const char*>(table + ix[e + kAhead] * dim);
+          for (int64_t x = 0; x < dim * 4; x += 64) __builtin_prefetch(p + x, 1);
+          __builtin_prefetch(state + ix[e + kAhead], 1);
+        }
+        float* __restrict__ row = table + ix[e] * dim;
+        const float* __restrict__ g = grad + (e / per_bag) * dim;
+        float lane[16] = {};  // 16 partial sums, as the kernels: no serial chain
+        int64_t j = 0;
+        for (; j + 16 <= dim; j += 16)
+          for (int k = 0; k < 16; ++k) lane[k] += g[j + k] * g[j + k];
+        for (; j < dim; ++j) lane[0] += g[j] * g[j];
+        float sq = 0.0f;
+        for (float v : lane) sq += v;
+        const float s = state[ix[e]] + sq / static_cast<float>(dim);
+        state[ix[e]] = s;
+        const float mult = -0.01f / (std::sqrt(s) + 1e-8f);
+        for (j = 0; j < dim; ++j) row[j] += mult * g[j];
+      }
+    });
+  };
+  for (int64_t round = 0; round < rounds + 2; ++round) {
+    const int64_t* ix = idx[round % batches].data();
+    double t0 = now_ms();
+    forward(ix);
     const double fwd = now_ms() - t0;
     t0 = now_ms();
     update_rows(ix, grad, per_bag);  // gradient row: the lookup's bag
@@ -108,10 +145,16 @@ void time_rounds(float* table, int64_t dim_rt, const std::vector<std::vector<int
     t0 = now_ms();
     update_rows(cold, values[round % 2], 1);  // one values row per lookup
     const double add = now_ms() - t0;
+    const int64_t* third = idx[(round + batches / 4) % batches].data();
+    forward(third);  // the row-wise update, too, follows its batch's forward
+    t0 = now_ms();
+    rowwise_rows(third);
+    const double rw = now_ms() - t0;
     if (round >= 2) {
       ts[0].push_back(fwd);
       ts[1].push_back(upd);
       ts[2].push_back(add);
+      ts[3].push_back(rw);
     }
   }
 }
@@ -135,8 +178,12 @@ int main(int argc, char** argv) {
   const size_t huge = size_t{2} << 20;
   const size_t bytes = (static_cast<size_t>(rows * dim) * 4 + huge - 1) / huge * huge;
   float* table = static_cast<float*>(std::aligned_alloc(huge, bytes));
-  if (!table) return 1;
+  const size_t sbytes = (static_cast<size_t>(rows) * 4 + huge - 1) / huge * huge;
+  float* state = static_cast<float*>(std::aligned_alloc(huge, sbytes));
+  if (!table || !state) return 1;
   madvise(table, bytes, MADV_HUGEPAGE);
+  madvise(state, sbytes, MADV_HUGEPAGE);
+  std::memset(state, 0, sbytes);
   std::mt19937_64 rng(0);
   std::normal_distribution<float> normal;
   for (int64_t i = 0; i < rows * dim; ++i) table[i] = normal(rng);
@@ -146,10 +193,10 @@ int main(int argc, char** argv) {
   std::vector<float> pooled(bags * dim), grad(bags * dim, 1e-3f);
   std::vector<float> values0(n * dim, 1e-3f), values1(n * dim, 1e-3f);
   float* const values[2] = {values0.data(), values1.data()};
-  std::vector<double> ts[3];
+  std::vector<double> ts[4];
   auto run = [&](auto width) {
     constexpr int64_t kDim = decltype(width)::value;
-    time_rounds<kDim>(table, dim, idx, bags, per_bag, rounds, pooled.data(), grad.data(), values, ts);
+    time_rounds<kDim>(table, state, dim, idx, bags, per_bag, rounds, pooled.data(), grad.data(), values, ts);
   };
   switch (dim) {
     case 16: run(std::integral_constant<int64_t, 16>{}); break;
@@ -160,14 +207,16 @@ int main(int argc, char** argv) {
   }
   volatile float sink = 0;  // keeps the pooled sums (and so the forward) live
   for (float v : pooled) sink = sink + v;
-  double lo[3], med[3];
-  for (int k = 0; k < 3; ++k) {
+  double lo[4], med[4];
+  for (int k = 0; k < 4; ++k) {
     std::sort(ts[k].begin(), ts[k].end());
     lo[k] = ts[k].front();
     const size_t m = ts[k].size();
     med[k] = m % 2 ? ts[k][m / 2] : (ts[k][m / 2 - 1] + ts[k][m / 2]) / 2;
   }
-  std::printf("%.4f %.4f %.4f %.4f %.4f %.4f\n", lo[0], lo[1], lo[2], med[0], med[1], med[2]);
+  std::printf("%.4f %.4f %.4f %.4f %.4f %.4f %.4f %.4f\n", lo[0], lo[1], lo[2], lo[3], med[0],
+              med[1], med[2], med[3]);
   std::free(table);
+  std::free(state);
   return 0;
 }

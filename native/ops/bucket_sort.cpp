@@ -74,6 +74,16 @@ int bitmap_log2(int64_t n) {
 
 constexpr int64_t kKeptWords = int64_t{1} << 23;  // bitmaps kept per calling thread: 64 MiB
 
+// The even bits of x (bit 2k to bit k), by halving strides: portable, no BMI2.
+inline uint64_t even_bits(uint64_t x) {
+  x &= 0x5555555555555555ull;
+  x = (x | x >> 1) & 0x3333333333333333ull;
+  x = (x | x >> 2) & 0x0F0F0F0F0F0F0F0Full;
+  x = (x | x >> 4) & 0x00FF00FF00FF00FFull;
+  x = (x | x >> 8) & 0x0000FFFF0000FFFFull;
+  return (x | x >> 16) & 0x00000000FFFFFFFFull;
+}
+
 // Every entry into the buckets, straight from the indices (no in-order pass).
 void sort_all_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage) {
   std::vector<int64_t> first_chunk(works.size() + 1, 0);
@@ -190,8 +200,10 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
     const int64_t begin = (c - first_chunk[t]) * kEntryChunk;
     return std::make_tuple(t, begin, std::min(works[t].nnz, begin + kEntryChunk));
   };
-  // Bitmaps: per lane `seen` then `twice` (every work's words in turn), then
-  // the merged `repeated` when there are several lanes.
+  // Marks: per lane 2 bits per slot (bit 2k: slot k seen, bit 2k + 1: seen
+  // twice), so that one word, one cache line, holds both bits an entry reads
+  // and writes; 2W words per lane (every work's in turn), then the merged
+  // `repeated` bitmap (1 bit per slot, W words). Marking needs several lanes.
   std::vector<int64_t> word0(T + 1, 0);
   for (size_t i = 0; i < T; ++i) {
     Work& w = works[i];
@@ -205,10 +217,15 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
   static thread_local std::vector<uint64_t> kept;
   std::vector<uint64_t> own;
   std::vector<uint64_t>& bitvec = nwords <= kKeptWords ? kept : own;
-  bitvec.assign(nwords, 0);
+  if (static_cast<int64_t>(bitvec.size()) < nwords) bitvec.resize(nwords);
   uint64_t* const bits = bitvec.data();  // (thread_local: the workers use this pointer)
   std::vector<int64_t> bad(chunks, std::numeric_limits<int64_t>::max());
+  std::vector<char> cleared(lanes, 0);  // each lane clears its own marks, in parallel
   parallel_lanes(chunks, [&](int64_t lane, int64_t c) {
+    if (W && !cleared[lane]) {
+      std::fill(bits + 2 * lane * W, bits + 2 * (lane + 1) * W, uint64_t{0});
+      cleared[lane] = 1;
+    }
     auto [t, begin, end] = locate(c);
     const Work& w = works[t];
     const EmbIndex in = w.in;
@@ -221,8 +238,7 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
         }
       return;
     }
-    uint64_t* const seen = bits + 2 * lane * W + word0[t];
-    uint64_t* const twice = seen + W;
+    uint64_t* const marks = bits + 2 * (lane * W + word0[t]);
     const int shift = w.rep_shift;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t r = row_of(in, i);
@@ -231,10 +247,9 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
         continue;
       }
       if (r == in.padding_idx) continue;
-      const uint64_t h = hash_row(r) >> shift, bit = uint64_t{1} << (h & 63);
-      const uint64_t sw = seen[h >> 6];
-      twice[h >> 6] |= sw & bit;
-      seen[h >> 6] = sw | bit;
+      const uint64_t h = hash_row(r) >> shift, pos = 2 * (h & 31);
+      const uint64_t m = marks[h >> 5];
+      marks[h >> 5] = m | (uint64_t{1} << pos) | (m >> pos & 1) << (pos + 1);
     }
   });
   for (size_t t = 0; t < T; ++t)
@@ -242,22 +257,25 @@ void split_entries(std::vector<Work>& works, bool row_sums, EntryBuffer& storage
       if (bad[c] != std::numeric_limits<int64_t>::max())
         index_out_of_range(works[t].op, works[t].idx_name, works[t].in, bad[c], works[t].t.rows);
   // -- checked: the writes start in `ordered`
-  const uint64_t* repeated = bits + W;  // lane 0's `twice`
-  if (W && lanes > 1) {  // repeated = met twice in one lane, or in two lanes
-    uint64_t* const merged = bits + 2 * lanes * W;
+  uint64_t* const repeated = bits + 2 * lanes * W;
+  if (W) {  // repeated = met twice in one lane, or in two lanes
     constexpr int64_t kBlock = 4096;
     parallel_each((W + kBlock - 1) / kBlock, [&](int64_t k) {
       for (int64_t i = k * kBlock; i < std::min(W, (k + 1) * kBlock); ++i) {
-        uint64_t s = 0, tw = 0;
-        for (int64_t l = 0; l < lanes; ++l) {
-          const uint64_t sl = bits[2 * l * W + i];
-          tw |= bits[(2 * l + 1) * W + i] | (s & sl);
-          s |= sl;
+        uint64_t out = 0;
+        for (int half = 0; half < 2; ++half) {  // slots 64i..64i+31, then 64i+32..64i+63
+          uint64_t s = 0, tw = 0;
+          for (int64_t l = 0; l < lanes; ++l) {
+            if (!cleared[l]) continue;  // a lane that took no chunk marked nothing
+            const uint64_t ml = bits[2 * (l * W + i) + half];
+            tw |= ml >> 1 | (s & ml);  // seen-twice bits moved onto the seen bits
+            s |= ml;
+          }
+          out |= even_bits(tw) << (32 * half);
         }
-        merged[i] = tw;
+        repeated[i] = out;
       }
     });
-    repeated = merged;
   }
   for (size_t t = 0; t < T; ++t)
     works[t].repeated = word0[t + 1] > word0[t] ? repeated + word0[t] : nullptr;
