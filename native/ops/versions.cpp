@@ -36,6 +36,7 @@ void bump_written(const c10::OperatorHandle& op, c10::DispatchKeySet ks, torch::
 // Every op with a written argument (tests/optim/test_versions.py checks the list is complete).
 TORCH_LIBRARY_IMPL(ipex_train, ADInplaceOrView, m) {
   for (const char* name : {"sgd_step_", "adam_step_", "adagrad_step_", "lamb_step_", "sparse_add_",
-                           "sparse_row_update_", "embedding_bags_backward_update_"})
+                           "sparse_row_update_", "embedding_bags_backward_update_",
+                           "cross_forward_", "cross_backward_"})
     m.impl(name, torch::CppFunction::makeFromBoxedFunction<&bump_written>());
 }
