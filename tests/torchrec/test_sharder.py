@@ -36,12 +36,16 @@ LAUNCHES = {
                          "row_wise:rowwise_adagrad:fp32:1:pipeline", "row_wise:sgd:bf16:1",
                          "column_wise:adagrad:fp32:0"]),
 }
-# gloo: a checkpoint saved at 2 ranks (torch.distributed.checkpoint) loads at 3
-# ranks under another plan: TorchRec's resharding path, fp32 and bf16 masters
-SAVE = (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "refusals", "column_wise:sgd:bf16:0",
-                    "table_wise:adagrad:fp32:0:dcpsave", "table_wise:adagrad:bf16:0:ckpt"])
+# gloo: checkpoints saved at 2 ranks (torch.distributed.checkpoint) load at 3
+# ranks under another plan (a dcpload case reads the dcpsave case of the same
+# optimizer:dtype:weighted): TorchRec's resharding path, fp32 and bf16 masters,
+# Adagrad sums; table-wise -> row-wise and column-wise, column-wise -> table-wise
+SAVE = (2, "gloo", ["row_wise:rowwise_adagrad:fp32:1", "refusals",
+                    "column_wise:sgd:bf16:0:dcpsave", "table_wise:adagrad:fp32:0:dcpsave",
+                    "table_wise:adagrad:bf16:0:ckpt"])
 LOAD = (3, "gloo", ["row_wise:sgd:bf16:0", "table_wise:rowwise_adagrad:fp32:1",
-                    "row_wise:adagrad:fp32:0:dcpload"])
+                    "row_wise:adagrad:fp32:0:dcpload", "column_wise:adagrad:fp32:0:dcpload",
+                    "table_wise:sgd:bf16:0:dcpload"])
 
 
 def _run(world, backend, cases, ckpt_dir=""):
