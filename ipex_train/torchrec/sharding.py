@@ -94,6 +94,14 @@ class ShardedFusedEBC(ShardedEmbeddingBagCollection):
             if ps.sharding_type not in SHARDING_TYPES:
                 raise ValueError(f"ipex_train sharder: table {name!r} is planned "
                                  f"{ps.sharding_type}; supported: {list(SHARDING_TYPES)}")
+        for name, ps in table_name_to_parameter_sharding.items():
+            ranks = ps.ranks or []
+            if len(set(ranks)) != len(ranks):  # the plan is the same on every rank: all raise
+                raise ValueError(f"ipex_train sharder: table {name!r} is planned "
+                                 f"{ps.sharding_type} with several shards on one rank (ranks "
+                                 f"{ranks}); each rank may hold one shard of a table: plan its "
+                                 "column-wise shards on different ranks (or use table-wise "
+                                 "or row-wise sharding)")
         opt = settings(fused_params)[0]
         for name, ps in table_name_to_parameter_sharding.items():
             if ps.sharding_type == ShardingType.COLUMN_WISE.value and opt == "rowwise_adagrad":

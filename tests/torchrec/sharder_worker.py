@@ -371,9 +371,9 @@ def check_reshard(dmp, case, opt, dtype, weighted):
 
 
 def check_refusals(rank, world, backend):
-    """What the sharder does not do fails loudly: a table-column-wise plan (made
-    for TorchRec's own sharder), column-wise with row-wise Adagrad, and
-    resharding."""
+    """What the sharder does not do fails loudly, on every rank: a
+    table-column-wise plan (made for TorchRec's own sharder), column-wise with
+    row-wise Adagrad, two column shards of a table on one rank, and resharding."""
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     model = Reference("sgd", torch.float32, False, world).fresh_model()
     dp = plan(model, [EmbeddingBagCollectionSharder()], "table_column_wise", world)
@@ -394,6 +394,22 @@ def check_refusals(rank, world, backend):
         assert "column_wise with rowwise_adagrad" in str(e), e
     else:
         raise AssertionError("a column-wise plan with row-wise Adagrad was accepted")
+    # both column shards of t0 on rank 0 (explicit ranks; the planner spreads them)
+    from torchrec.distributed.sharding_plan import (
+        column_wise, construct_module_sharding_plan, table_wise)
+    from torchrec.distributed.types import ShardingPlan
+    model = Reference("sgd", torch.float32, False, world).fresh_model()
+    per_table = {n: table_wise(rank=0, compute_kernel="fused") for n, *_ in TABLES[1:]}
+    per_table["t0"] = column_wise(ranks=[0, 0], compute_kernel="fused")
+    two = ShardingPlan({"ebc": construct_module_sharding_plan(
+        model.ebc, per_table, sharder=itr.sharders()[0], world_size=world, device_type="cpu")})
+    try:
+        DistributedModelParallel(model, device=torch.device("cpu"), plan=two,
+                                 sharders=itr.sharders())
+    except ValueError as e:
+        assert "'t0'" in str(e) and "several shards on one rank" in str(e), e
+    else:
+        raise AssertionError("a plan with two column shards of t0 on rank 0 was accepted")
     model = Reference("sgd", torch.float32, False, world).fresh_model()
     sharders = itr.sharders()
     dmp = DistributedModelParallel(model, device=torch.device("cpu"),
