@@ -31,7 +31,9 @@ Checkpoints: dmp.state_dict() and dmp.fused_optimizer.state_dict() (the
 Adagrad sums, "<table>.momentum1") hold ShardedTensors over the live shards.
 torch.save of them resumes exactly at the same world size and plan; saved
 with torch.distributed.checkpoint they load at another world size or plan
-(TorchRec's resharding path, tested 2 -> 3 ranks, table-wise -> row-wise).
+(TorchRec's resharding path, tested 2 -> 3 ranks: table-wise -> row-wise and
+column-wise, column-wise -> table-wise). A rank holds at most one shard of a
+table (a plan with two is refused on every rank).
 In-place resharding of a live model (update_shards, DMP.reshard) raises.
 """
 import dataclasses
