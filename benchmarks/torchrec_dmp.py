@@ -23,14 +23,13 @@ same code on both sides.
         [--only ccl|gloo] [--profile N]   # N: torch.profiler's top ops per rank
 
 --profile's tables are wall time (waits and other sessions' load included).
-Over ccl one run's rank spun in a collective under the profiler for minutes
-(seen once, not investigated; DEVELOPING.md).
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -211,17 +210,29 @@ def launch(args, backend, kinds, shardings, world=2):
            "--dim", str(args.dim), "--steps", str(args.steps), "--rounds", str(args.rounds),
            "--optimizer", args.optimizer, "--threads", str(args.threads),
            "--profile", str(args.profile)]
+    # each rank writes to a file: a pipe read one rank at a time filled up
+    # (--profile's tables), blocking that rank in write() while the other
+    # waited for it in a collective
+    files = [tempfile.TemporaryFile("w+") for _ in range(world)]
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(world)]
-    outs = []
+                              stdout=f, stderr=subprocess.STDOUT, text=True)
+             for r, f in enumerate(files)]
+    deadline = time.monotonic() + args.timeout
     try:
         for p in procs:
-            outs.append(p.communicate(timeout=args.timeout)[0])
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        sys.exit(f"{backend}: the ranks ran past --timeout {args.timeout} s")
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
+    outs = []
+    for f in files:
+        f.seek(0)
+        outs.append(f.read())
+        f.close()
     for p, out in zip(procs, outs):
         if p.returncode != 0:
             sys.exit(f"a {backend} rank failed:\n{out[-4000:]}")
