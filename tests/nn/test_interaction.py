@@ -13,7 +13,6 @@ How results are compared:
 import pytest
 import torch
 
-import ipex_train
 from ipex_train.nn.functional import interaction, interaction_reference
 
 # (B, F, D): empty batch, no embeddings, widths around the 16-lane block.
