@@ -52,6 +52,18 @@ inline void store<uint16_t>(uint16_t* dst, const float* src, int64_t n) {
   for (int64_t k = 0; k < n; ++k) dst[k] = ipt_f32_to_bf16_rne(src[k]);
 }
 
+// Row b of the output gradient [B, width] (fp32 or bf16) as fp32.
+static inline void load_grad_row(const void* grad_out, bool grad_is_bf16, int64_t b,
+                                 int64_t width, float* go) {
+  if (grad_is_bf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(grad_out) + b * width;
+    for (int64_t k = 0; k < width; ++k) go[k] = ipt_bf16_to_f32(src[k]);
+  } else {
+    const float* src = static_cast<const float*>(grad_out) + b * width;
+    for (int64_t k = 0; k < width; ++k) go[k] = src[k];
+  }
+}
+
 #if defined(__AVX512F__)
 
 // Sixteen lanes as one GCC vector: at AVX-512 one register, at AVX2 two, at
@@ -261,13 +273,7 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
   std::vector<float> rows(n * dpad), go(width), acc(2 * dpad);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
-    if (grad_is_bf16) {
-      const uint16_t* src = static_cast<const uint16_t*>(grad_out) + b * width;
-      for (int64_t k = 0; k < width; ++k) go[k] = ipt_bf16_to_f32(src[k]);
-    } else {
-      const float* src = static_cast<const float*>(grad_out) + b * width;
-      for (int64_t k = 0; k < width; ++k) go[k] = src[k];
-    }
+    load_grad_row(grad_out, grad_is_bf16, b, width, go.data());
     const float* gz = go.data() + d;  // pair gradients, strict lower triangle
     for (int64_t i = 0; i < n;) {
       const bool two = i + 1 < n;  // rows i, i + 1 together; the last alone when n is odd
@@ -369,13 +375,7 @@ static void backward_rows(const InteractionInputs& in, const void* grad_out, boo
   std::vector<float> rows(n * dpad), g(n * n), go(width), acc(dpad);
   for (int64_t b = begin; b < end; ++b) {
     load_rows(in, b, dpad, rows.data());
-    if (grad_is_bf16) {
-      const uint16_t* src = static_cast<const uint16_t*>(grad_out) + b * width;
-      for (int64_t k = 0; k < width; ++k) go[k] = ipt_bf16_to_f32(src[k]);
-    } else {
-      const float* src = static_cast<const float*>(grad_out) + b * width;
-      for (int64_t k = 0; k < width; ++k) go[k] = src[k];
-    }
+    load_grad_row(grad_out, grad_is_bf16, b, width, go.data());
     // Symmetric pair-gradient matrix; the diagonal is never read.
     const float* gz = go.data() + d;
     for (int64_t i = 1; i < n; ++i)

@@ -14,7 +14,6 @@ Function (ipex_train.nn.functional.low_rank_cross) against plain PyTorch.
 import pytest
 import torch
 
-import ipex_train.nn.functional as ipf
 from ipex_train.nn.functional import low_rank_cross, low_rank_cross_reference
 from tests.nn._replay import column_sums_in_blocks
 
@@ -127,18 +126,6 @@ def _weights(n, layers, rank, dtype, seed):
          for _ in range(layers)]
     c = [(torch.randn(n, generator=g) * 0.1).to(dtype).requires_grad_() for _ in range(layers)]
     return V, W, c
-
-
-@pytest.fixture(params=["onednn", "torch"])
-def gemm(request, monkeypatch):
-    """The fp32 GEMMs: oneDNN's linear (the default) or torch.mm (IPEX_TRAIN_GEMM=torch)."""
-    if request.param == "onednn":
-        if ipf._onednn_linear() is None:
-            pytest.skip("torch without oneDNN")
-        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", ipf._onednn_linear())
-    else:
-        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", None)
-    return request.param
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

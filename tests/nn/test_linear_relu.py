@@ -15,7 +15,6 @@
 import pytest
 import torch
 
-import ipex_train.nn.functional as ipf
 from ipex_train.nn.functional import linear_relu
 from tests.nn._replay import column_sums_in_blocks
 
@@ -64,19 +63,6 @@ def test_relu_bias_grad_bad_inputs_are_named():
         torch.ops.ipex_train.relu_bias_grad(torch.ones(3, 4), torch.ones(3, 4).bfloat16())
     with pytest.raises(TypeError, match="float32 or bfloat16"):
         torch.ops.ipex_train.relu_bias_grad(torch.ones(3, 4).double(), torch.ones(3, 4).double())
-
-
-@pytest.fixture(params=["onednn", "torch"])
-def gemm(request, monkeypatch):
-    """linear_relu's GEMMs: oneDNN's linear (the default where torch has it)
-    or torch's own (what IPEX_TRAIN_GEMM=torch selects at import)."""
-    if request.param == "onednn":
-        if ipf._onednn_linear() is None:
-            pytest.skip("torch without oneDNN")
-        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", ipf._onednn_linear())
-    else:
-        monkeypatch.setattr(ipf, "_ONEDNN_LINEAR", None)
-    return request.param
 
 
 def _within_gemm_rounding(ours, ref, a_abs, b_abs, k):
