@@ -69,6 +69,9 @@ def _interaction_setup(ctx, inputs, output):
 
 def _interaction_grad(ctx, grad):
     dense, emb = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph=True: a differentiable backward
+        from .nn.functional import _grad_through, interaction_reference
+        return _grad_through(interaction_reference, (dense, emb), ctx.needs_input_grad, grad)
     return torch.ops.ipex_train.interaction_backward(grad, dense, emb)
 
 

@@ -35,6 +35,23 @@ def interaction_reference(dense, emb):
     return torch.cat([dense, z], 1)
 
 
+def _grad_through(reference, inputs, needs, grad):
+    """A backward run with ``create_graph=True``: the gradients of
+    ``reference(*inputs)`` by autograd, themselves differentiable, so that
+    second derivatives (gradient penalties) are right. The native backward
+    kernels are not differentiable; the ops switch to this when the engine
+    runs their backward with grad mode on (that is, create_graph=True)."""
+    wanted = [x for x, n in zip(inputs, needs) if n]
+    with torch.enable_grad():
+        gs = iter(torch.autograd.grad(reference(*inputs), wanted, grad, create_graph=True,
+                                      allow_unused=True))
+    return tuple(next(gs) if n else None for n in needs)
+
+
+def _linear_relu_reference(x, weight, bias):
+    return torch.relu(torch.nn.functional.linear(x, weight, bias))
+
+
 def _onednn_linear():
     """oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``: x W^T + b with a
     fused ReLU) where torch has it, unless IPEX_TRAIN_GEMM=torch; else None."""
@@ -62,16 +79,22 @@ class _LinearReLU(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         if _ONEDNN_LINEAR is not None and x.numel() and weight.numel():  # oneDNN refuses size 0
             out = _ONEDNN_LINEAR(x, weight, bias, "relu", [], "")
+        elif bias is None:
+            out = torch.relu_(x.mm(weight.t()))
         else:
             out = torch._addmm_activation(bias, x, weight.t())
-        ctx.save_for_backward(x, weight, out)
+        ctx.save_for_backward(x, weight, bias, out)
         return out
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, grad):
-        x, weight, out = ctx.saved_tensors
+        x, weight, bias, out = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            return _grad_through(_linear_relu_reference, (x, weight, bias), ctx.needs_input_grad,
+                                 grad)
         gm, gb = torch.ops.ipex_train.relu_bias_grad(grad, out)
+        gb = gb if ctx.needs_input_grad[2] else None
         gx = gw = None
         if _ONEDNN_LINEAR is not None and gm.dtype == torch.float32 and x.numel() and gm.numel():
             if ctx.needs_input_grad[0]:
@@ -87,7 +110,7 @@ class _LinearReLU(torch.autograd.Function):
 def linear_relu(x, weight, bias):
     """``relu(F.linear(x, weight, bias))`` as one fused layer (see _LinearReLU).
 
-    x: [B, in]; weight: [out, in]; bias: [out]; float32 or bfloat16 (a
+    x: [B, in]; weight: [out, in]; bias: [out] or None; float32 or bfloat16 (a
     split-bf16 weight is used as is: its bf16 top half is the GEMM operand).
     bf16: same forward bits as nn.Linear + nn.ReLU, same input and weight
     gradients. fp32: the GEMMs run in oneDNN rather than torch's BLAS, so
@@ -99,13 +122,18 @@ def linear_relu(x, weight, bias):
     """
     if torch.is_autocast_enabled("cpu"):
         dt = torch.get_autocast_dtype("cpu")
-        x, weight, bias = x.to(dt), weight.to(dt), bias.to(dt)
-    if x.dim() != 2 or weight.dim() != 2 or bias.dim() != 1:
-        raise ValueError(f"linear_relu: expected x [B, in], weight [out, in], bias [out], got "
-                         f"{tuple(x.shape)}, {tuple(weight.shape)}, {tuple(bias.shape)}")
-    if not x.dtype == weight.dtype == bias.dtype:
+        x, weight = x.to(dt), weight.to(dt)
+        bias = None if bias is None else bias.to(dt)
+    bshape = None if bias is None else tuple(bias.shape)
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or \
+            (bias is not None and bshape != (weight.shape[0],)):
+        raise ValueError(f"linear_relu: expected x [B, in], weight [out, in], bias [out] or None, "
+                         f"got {tuple(x.shape)}, {tuple(weight.shape)}, {bshape}")
+    if not x.dtype == weight.dtype == (x.dtype if bias is None else bias.dtype):
         raise TypeError(f"linear_relu: x, weight and bias must have one dtype, got {x.dtype}, "
-                        f"{weight.dtype}, {bias.dtype}")
+                        f"{weight.dtype}, {None if bias is None else bias.dtype}")
+    if x.dtype not in (torch.float32, torch.bfloat16):
+        raise TypeError(f"linear_relu: float32 or bfloat16 only, got {x.dtype}")
     with torch.autocast("cpu", enabled=False):
         return _LinearReLU.apply(x, weight, bias)
 
@@ -130,7 +158,7 @@ class _LowRankCross(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x0, layers, *params):
         vs, ws, cs = params[:layers], params[layers:2 * layers], params[2 * layers:]
-        x0 = x0.contiguous()
+        x0_in, x0 = x0, x0.contiguous()
         x, xs, hs, zs = x0, [], [], []
         for v, w, c in zip(vs, ws, cs):
             h = _mm(x, v.t())
@@ -140,14 +168,20 @@ class _LowRankCross(torch.autograd.Function):
             x = torch.ops.ipex_train.cross_forward_(y, c, x0, x)  # y becomes z = y + c
             zs.append(y)
         ctx.layers = layers
-        ctx.save_for_backward(x0, *xs[1:], *hs, *zs, *vs, *ws)
+        ctx.save_for_backward(x0, *xs[1:], *hs, *zs, *vs, *ws, *cs, x0_in)
         return x
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         L = ctx.layers
         saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: through the reference
+            vs, ws, cs = saved[3 * L:4 * L], saved[4 * L:5 * L], saved[5 * L:6 * L]
+            gs = _grad_through(lambda x0, *p: low_rank_cross_reference(x0, p[:L], p[L:2 * L],
+                                                                       p[2 * L:]),
+                               (saved[-1], *vs, *ws, *cs),
+                               (ctx.needs_input_grad[0], *ctx.needs_input_grad[2:]), grad)
+            return (gs[0], None, *gs[1:])
         x0 = saved[0]
         xs = [x0, *saved[1:L]]
         hs, zs = saved[L:2 * L], saved[2 * L:3 * L]

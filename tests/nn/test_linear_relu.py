@@ -177,3 +177,29 @@ def test_bad_shapes_are_named():
         linear_relu(torch.ones(2, 3, 4), torch.ones(5, 4), torch.ones(5))
     with pytest.raises(TypeError, match="one dtype"):
         linear_relu(torch.ones(2, 4), torch.ones(5, 4).bfloat16(), torch.ones(5))
+    # mismatched sizes and dtypes oneDNN cannot take: named here, not "could
+    # not create a primitive descriptor" from inside oneDNN
+    with pytest.raises(ValueError, match=r"got \(4, 6\), \(5, 7\), \(5,\)"):
+        linear_relu(torch.ones(4, 6), torch.ones(5, 7), torch.ones(5))
+    with pytest.raises(ValueError, match=r"bias \[out\] or None, got \(4, 6\), \(5, 6\), \(4,\)"):
+        linear_relu(torch.ones(4, 6), torch.ones(5, 6), torch.ones(4))
+    with pytest.raises(TypeError, match="float32 or bfloat16 only, got torch.float64"):
+        linear_relu(torch.ones(4, 6).double(), torch.ones(5, 6).double(), torch.ones(5).double())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b", [0, 9])
+def test_without_bias_matches_linear_relu(b, dtype, gemm):
+    """bias=None as F.linear takes it: the same values and gradients as with a zero bias."""
+    torch.manual_seed(7)
+    x = torch.randn(b, 11).to(dtype).requires_grad_()
+    w = (torch.randn(6, 11) * 0.3).to(dtype).requires_grad_()
+    out = linear_relu(x, w, None)
+    zero = torch.zeros(6, dtype=dtype)
+    ref = linear_relu(x, w, zero)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    g = torch.randn_like(out)
+    for a, r in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+        torch.testing.assert_close(a, r, rtol=0, atol=0)
+    torch.testing.assert_close(out.float(), torch.relu(x.float() @ w.float().t()),
+                               rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-5)
