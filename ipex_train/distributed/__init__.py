@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from ._env import RankInfo, check_hosts, choose_interface, discover, ensure_ccl_env
 from ._lib import load as _load
+from . import _sharded_tensor
 
 __all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"]
 
@@ -48,6 +49,7 @@ def _create_ccl(store, rank, size, timeout):
     """
     global _ccl_created
     ensure_ccl_env()
+    _sharded_tensor.mend_empty_shard_device()
     check_hosts(store, rank, size)
     lib, secs = _load(), timeout.total_seconds()
     box = {}
