@@ -22,6 +22,15 @@ or driving it with any ``torch.optim.lr_scheduler`` (``StepLR(emb.optimizer,
 ``zero_grad()`` do nothing (the update already happened in backward); calling
 them keeps training loops and schedulers uniform.
 
+Autograd: the output's ``grad_fn`` is a C++ node (``ipex_train._lookup``,
+native/python/lookup.cpp), not a Python ``autograd.Function``: with 1-D
+contiguous CPU indices and offsets and no per-sample weights the step runs no
+Python of ours past ``forward`` (2-D indices and per-sample weights are
+checked and normalised in Python first). The backward reads ``lr``/``eps``
+and the tables' buffers when it runs; the graph holds the module until it is
+freed. Changing indices or offsets in place before the backward, or a second
+backward through one forward, raises.
+
 Storage (``dtype``): ``torch.float32``, or ``torch.bfloat16`` = split storage:
 ``weight`` holds the bf16 top halves of the fp32 master values and ``trail``
 (int16) the low halves; updates are exact fp32 arithmetic on the master value.

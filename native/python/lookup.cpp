@@ -104,7 +104,8 @@ Buffers read_buffers(PyObject* owner, bool with_state, const std::string& rule) 
     if (!with_state) continue;
     if (b.weights.back().scalar_type() == at::kBFloat16)
       b.trails.push_back(as_tensor(item(bufs.ptr(), n.trail).ptr(), "trail"));
-    if (rule != "sgd") b.state1.push_back(as_tensor(item(bufs.ptr(), n.state_sum).ptr(), "state_sum"));
+    if (rule != "sgd")
+      b.state1.push_back(as_tensor(item(bufs.ptr(), n.state_sum).ptr(), "state_sum"));
   }
   return b;
 }
@@ -191,15 +192,18 @@ struct LookupBackward final : ag::Node {
       bool psw_grad = false;
       for (size_t i = 1; i < out.size(); ++i) psw_grad |= should_compute_output(i);
       if (psw_grad) {  // before the update: they read the weights
+        auto wrap = [](const at::Tensor& t) {
+          return py::reinterpret_steal<py::object>(THPVariable_Wrap(t));
+        };
         py::list idx, off;
-        for (const at::Tensor& t : indices_) idx.append(py::reinterpret_steal<py::object>(THPVariable_Wrap(t)));
-        for (const at::Tensor& t : offsets_) off.append(py::reinterpret_steal<py::object>(THPVariable_Wrap(t)));
-        py::object gp = py::reinterpret_steal<py::object>(THPVariable_Wrap(g));
-        py::object r = getattr_(owner, n.psw_grads)(gp, idx, off);
+        for (const at::Tensor& t : indices_) idx.append(wrap(t));
+        for (const at::Tensor& t : offsets_) off.append(wrap(t));
+        py::object r = getattr_(owner, n.psw_grads)(wrap(g), idx, off);
         std::vector<PyObject*> rs;
         if (!items(r.ptr(), rs) || rs.size() + 1 != out.size())
           throw py::type_error("_psw_grads must return one tensor per table");
-        for (size_t i = 0; i < rs.size(); ++i) out[1 + i] = as_tensor(rs[i], "a per_sample_weights gradient");
+        for (size_t i = 0; i < rs.size(); ++i)
+          out[1 + i] = as_tensor(rs[i], "a per_sample_weights gradient");
       }
       b = read_buffers(owner, /*with_state=*/true, rule_);
     }
