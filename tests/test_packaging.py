@@ -18,7 +18,7 @@ import ipex_train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG = os.path.dirname(os.path.abspath(ipex_train.__file__))
-NATIVE = ("_C.so", "_ccl.so", "libccl.so.2")
+NATIVE = ("_C.so", "_lookup.so", "_ccl.so", "libccl.so.2")
 
 
 def _bare_env():
@@ -190,6 +190,10 @@ _FRESH_CHECK = textwrap.dedent("""
             opt.step()
     for a, b in zip(ref.parameters(), ours.parameters()):
         torch.testing.assert_close(a, b)
+    emb = ipex_train.sparse.FusedEmbeddingBag(10, 4, mode="sum", lr=0.5)
+    w = emb.weight.clone()
+    emb(torch.tensor([1, 2, 3]), torch.tensor([0, 2])).sum().backward()  # _lookup.so's node
+    assert torch.equal(emb.weight[4:], w[4:]) and not torch.equal(emb.weight[1:4], w[1:4])
     print("fused step ok", ipex_train.__version__, os.path.dirname(ipex_train.__file__))
 """)
 

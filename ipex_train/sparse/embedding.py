@@ -22,6 +22,15 @@ or driving it with any ``torch.optim.lr_scheduler`` (``StepLR(emb.optimizer,
 ``zero_grad()`` do nothing (the update already happened in backward); calling
 them keeps training loops and schedulers uniform.
 
+Autograd: the output's ``grad_fn`` is a C++ node (``ipex_train._lookup``,
+native/python/lookup.cpp), not a Python ``autograd.Function``: with 1-D
+contiguous CPU indices and offsets and no per-sample weights the step runs no
+Python of ours past ``forward`` (2-D indices and per-sample weights are
+checked and normalised in Python first). The backward reads ``lr``/``eps``
+and the tables' buffers when it runs; the graph holds the module until it is
+freed. Changing indices or offsets in place before the backward, or a second
+backward through one forward, raises.
+
 Storage (``dtype``): ``torch.float32``, or ``torch.bfloat16`` = split storage:
 ``weight`` holds the bf16 top halves of the fp32 master values and ``trail``
 (int16) the low halves; updates are exact fp32 arithmetic on the master value.
@@ -62,7 +71,7 @@ from typing import List, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .. import _ops
+from .. import _lookup, _ops
 from ..bf16_split import TRAIL, join as join_split, split as split_fp32
 
 _DEFAULT_EPS = {"sgd": 0.0, "adagrad": 1e-10, "rowwise_adagrad": 1e-8}
@@ -242,48 +251,6 @@ def _table_load_pre(table, state_dict, prefix, local_metadata, strict, missing, 
         state_dict[wk], state_dict[tk] = split_fp32(master)
 
 
-class _FusedLookup(torch.autograd.Function):
-    """forward: pooled lookups of all tables; backward: the fused update.
-
-    Only the anchor and the per-sample weights are autograd inputs; indices and
-    offsets ride along in a plain list pair (``batch``), so that a 26-table call
-    does not pay for 52 more autograd inputs and saved tensors (about 0.2 ms a
-    step here). Their version counters are kept instead, and an in-place change
-    between forward and backward raises, as it would for saved tensors.
-    """
-
-    @staticmethod
-    def forward(ctx, anchor, owner, batch, out_dtype, *psw):
-        indices, offsets = batch
-        out = torch.ops.ipex_train.embedding_bags_forward(
-            owner._weights(), indices, offsets, list(psw), owner._padding,
-            owner.include_last_offset, owner.mode == "mean", out_dtype)
-        ctx.owner, ctx.batch, ctx.done = owner, batch, False
-        ctx.versions = [t._version for t in indices] + [t._version for t in offsets]
-        ctx.save_for_backward(*psw)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.done:
-            raise RuntimeError("fused embedding backward ran twice for one forward: the "
-                               "optimizer update would be applied twice")
-        ctx.done = True
-        owner, (indices, offsets) = ctx.owner, ctx.batch
-        if [t._version for t in indices] + [t._version for t in offsets] != ctx.versions:
-            raise RuntimeError("fused embedding backward: indices or offsets were modified in "
-                               "place after the forward; the update would use the new values")
-        psw = ctx.saved_tensors
-        # the gradient in the output's dtype (float32 output of bf16 tables: the
-        # update reads the fp32 gradient as it is)
-        grad_output = grad_output.contiguous()
-        psw_grads = [None] * len(psw)
-        if psw and any(ctx.needs_input_grad[4:]):
-            psw_grads = owner._psw_grads(grad_output, indices, offsets)  # before the update
-        owner._update(grad_output, indices, offsets, list(psw))
-        return (None, None, None, None) + tuple(psw_grads)
-
-
 class FusedEmbeddingBagCollection(nn.Module):
     """T embedding-bag tables, pooled in one call, updated in their backward.
 
@@ -404,6 +371,13 @@ class FusedEmbeddingBagCollection(nn.Module):
         """Pooled [bags, sum of dims] in the tables' dtype, or float32 when
         out_dtype=torch.float32 (bf16 tables: the fp32 sums, unrounded; the
         backward then updates with the fp32 gradient, unrounded)."""
+        # the common case (1-D contiguous CPU indices and offsets, no
+        # per-sample weights) goes straight to native code; anything else is
+        # checked and normalised here first
+        if per_sample_weights is None and offsets is not None:
+            out = _lookup.lookup(self, indices, offsets, None, out_dtype, False)
+            if out is not None:
+                return out
         n = len(self.embedding_dims)
         if len(indices) != n:
             raise ValueError(f"expected {n} index tensors (one per table), got {len(indices)}")
@@ -419,24 +393,8 @@ class FusedEmbeddingBagCollection(nn.Module):
         norm = [self._bags(t, indices[t], offsets[t], psws[t]) for t in range(n)]
         idx = [x[0] for x in norm]
         off = [x[1] for x in norm]
-        psw = [x[2] for x in norm] if per_sample_weights is not None else []
-        if not torch.is_grad_enabled():
-            return torch.ops.ipex_train.embedding_bags_forward(
-                self._weights(), idx, off, psw, self._padding, self.include_last_offset,
-                self.mode == "mean", out_dtype)
-        return _FusedLookup.apply(self._anchor, self, (idx, off), out_dtype, *psw)
-
-    def _update(self, grad_output, indices, offsets, psw):
-        tables = self._tables
-        group = self.optimizer.param_groups[0]
-        rule = self.optimizer_kind
-        state1 = [t._buffers["state_sum"] for t in tables] if rule != "sgd" else []
-        trails = [t._buffers[TRAIL] for t in tables] if self.dtype == torch.bfloat16 else []
-        torch.ops.ipex_train.embedding_bags_backward_update_(
-            self._weights(), trails, state1, [], grad_output, indices, offsets,
-            [p.detach() for p in psw], self._padding, self.include_last_offset,
-            self.mode == "mean", rule, float(group["lr"]), float(group["eps"]), 0.0, 0.0, 0.0,
-            False)
+        psw = [x[2] for x in norm] if per_sample_weights is not None else None
+        return _lookup.lookup(self, idx, off, psw, out_dtype, True)
 
     def _psw_grads(self, grad_output, indices, offsets):
         """d out / d per_sample_weights[e] = <grad_output[bag(e)], weight[idx(e)]> (0 for padding)."""
@@ -494,6 +452,10 @@ class FusedEmbeddingBag(FusedEmbeddingBagCollection):
         return self.table(0).trail
 
     def forward(self, input, offsets=None, per_sample_weights=None):
+        if per_sample_weights is None and offsets is not None:  # the common case, as above
+            out = _lookup.lookup(self, [input], [offsets], None, None, False)
+            if out is not None:
+                return out
         return super().forward([input], None if offsets is None else [offsets],
                                None if per_sample_weights is None else [per_sample_weights])
 
