@@ -27,8 +27,8 @@ native/python/lookup.cpp), not a Python ``autograd.Function``: with 1-D
 contiguous CPU indices and offsets and no per-sample weights the step runs no
 Python of ours past ``forward`` (2-D indices and per-sample weights are
 checked and normalised in Python first). The backward reads ``lr``/``eps``
-and the tables' buffers when it runs; the graph holds the module until it is
-freed. Changing indices or offsets in place before the backward, or a second
+and the tables' buffers when it runs; the graph holds the tables and the
+optimizer (not the module) until it is freed. Changing indices or offsets in place before the backward, or a second
 backward through one forward, raises.
 
 Storage (``dtype``): ``torch.float32``, or ``torch.bfloat16`` = split storage:
@@ -251,6 +251,38 @@ def _table_load_pre(table, state_dict, prefix, local_metadata, strict, missing, 
         state_dict[wk], state_dict[tk] = split_fp32(master)
 
 
+class _UpdateTarget:
+    """What a lookup's backward node (native/python/lookup.cpp) holds: the
+    tables (their buffers read when the backward runs), the optimizer whose lr
+    it reads then, and the per-sample-weight gradients. Not the collection:
+    Python's garbage collector cannot see a C++ node's references, so a
+    collection that kept its own output (a cycle through the node) would
+    never be freed."""
+
+    __slots__ = ("_tables", "optimizer", "include_last_offset")
+
+    def __init__(self, tables, optimizer, include_last_offset):
+        self._tables, self.optimizer = tables, optimizer
+        self.include_last_offset = include_last_offset
+
+    def _psw_grads(self, grad_output, indices, offsets):
+        """d out / d per_sample_weights[e] = <grad_output[bag(e)], weight[idx(e)]> (0 for padding)."""
+        grads, col = [], 0
+        for t, (tab, idx, off) in enumerate(zip(self._tables, indices, offsets)):
+            d = tab.weight.shape[1]
+            starts = off[:-1] if self.include_last_offset else off
+            sizes = torch.diff(starts.to(torch.int64), append=torch.tensor([idx.numel()]))
+            bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
+            g = grad_output[:, col:col + d].float().index_select(0, bag)
+            w = tab.weight.float().index_select(0, idx.to(torch.int64))
+            gr = (g * w).sum(1)
+            if tab.padding_idx is not None:
+                gr = gr.masked_fill(idx == tab.padding_idx, 0.0)
+            grads.append(gr)
+            col += d
+        return grads
+
+
 class FusedEmbeddingBagCollection(nn.Module):
     """T embedding-bag tables, pooled in one call, updated in their backward.
 
@@ -306,9 +338,21 @@ class FusedEmbeddingBagCollection(nn.Module):
         self._tables = list(self.embedding_bags.values())
         self._padding = [-1 if t.padding_idx is None else t.padding_idx for t in self._tables]
         eps = _DEFAULT_EPS[optimizer] if eps is None else float(eps)
-        self.optimizer = FusedEmbeddingOptimizer([t.weight for t in self._table_list()], lr, eps,
-                                                 optimizer)
+        self._target = _UpdateTarget(self._tables, FusedEmbeddingOptimizer(
+            [t.weight for t in self._table_list()], lr, eps, optimizer), self.include_last_offset)
         self._anchor = torch.zeros((), requires_grad=True)
+
+    @property
+    def optimizer(self) -> FusedEmbeddingOptimizer:
+        """Holds the tables' lr (and eps): see the module docstring."""
+        return self._target.optimizer
+
+    @optimizer.setter
+    def optimizer(self, opt):
+        self._target.optimizer = opt
+
+    def _psw_grads(self, grad_output, indices, offsets):
+        return self._target._psw_grads(grad_output, indices, offsets)
 
     def _table_list(self) -> List[_Table]:
         return self._tables
@@ -395,23 +439,6 @@ class FusedEmbeddingBagCollection(nn.Module):
         off = [x[1] for x in norm]
         psw = [x[2] for x in norm] if per_sample_weights is not None else None
         return _lookup.lookup(self, idx, off, psw, out_dtype, True)
-
-    def _psw_grads(self, grad_output, indices, offsets):
-        """d out / d per_sample_weights[e] = <grad_output[bag(e)], weight[idx(e)]> (0 for padding)."""
-        grads, col = [], 0
-        for t, (tab, idx, off) in enumerate(zip(self._table_list(), indices, offsets)):
-            d = tab.weight.shape[1]
-            starts = off[:-1] if self.include_last_offset else off
-            sizes = torch.diff(starts.to(torch.int64), append=torch.tensor([idx.numel()]))
-            bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
-            g = grad_output[:, col:col + d].float().index_select(0, bag)
-            w = tab.weight.float().index_select(0, idx.to(torch.int64))
-            gr = (g * w).sum(1)
-            if tab.padding_idx is not None:
-                gr = gr.masked_fill(idx == tab.padding_idx, 0.0)
-            grads.append(gr)
-            col += d
-        return grads
 
     def table(self, i: Union[int, str]) -> _Table:
         """Table ``i`` (by position or name): ``.weight``, ``.trail``, ``.state_sum``,

@@ -36,7 +36,7 @@ namespace {
 // Attribute and key names, interned once (first use is under the GIL).
 struct Names {
   PyObject *tables, *buffers, *padding, *include_last, *mode, *rule, *anchor, *optimizer,
-      *groups, *lr, *eps, *weight, *trail, *state_sum, *psw_grads;
+      *groups, *lr, *eps, *weight, *trail, *state_sum, *psw_grads, *target;
 };
 
 const Names& names() {
@@ -44,7 +44,8 @@ const Names& names() {
     auto s = [](const char* v) { return PyUnicode_InternFromString(v); };
     return Names{s("_tables"), s("_buffers"), s("_padding"), s("include_last_offset"), s("mode"),
                  s("optimizer_kind"), s("_anchor"), s("optimizer"), s("param_groups"), s("lr"),
-                 s("eps"), s("weight"), s("trail"), s("state_sum"), s("_psw_grads")};
+                 s("eps"), s("weight"), s("trail"), s("state_sum"), s("_psw_grads"),
+                 s("_target")};
   }();
   return n;
 }
@@ -151,9 +152,11 @@ std::vector<uint32_t> versions(const std::vector<at::Tensor>& a, const std::vect
 }
 
 // Edges: 0 the owner's anchor (never given a gradient), 1 + t per-sample weights t.
+// Holds the owner's _target (tables, optimizer), not the owner: see _UpdateTarget.
 struct LookupBackward final : ag::Node {
-  LookupBackward(PyObject* owner, ag::edge_list&& edges)
-      : ag::Node(std::move(edges)), owner_((Py_INCREF(owner), owner), getPyInterpreter()) {}
+  // (under the GIL: takes a reference to `target`)
+  explicit LookupBackward(PyObject* target)
+      : target_((Py_INCREF(target), target), getPyInterpreter()) {}
 
   std::string name() const override { return "FusedEmbeddingLookupBackward"; }
 
@@ -183,9 +186,9 @@ struct LookupBackward final : ag::Node {
     Buffers b;
     {
       py::gil_scoped_acquire gil;
-      PyObject* owner = owner_.ptr(getPyInterpreter());
+      PyObject* target = target_.ptr(getPyInterpreter());
       const Names& n = names();
-      py::object groups = getattr_(getattr_(owner, n.optimizer).ptr(), n.groups);
+      py::object groups = getattr_(getattr_(target, n.optimizer).ptr(), n.groups);
       py::object group = item(groups.ptr(), py::int_(0).ptr());
       lr = as_float(item(group.ptr(), n.lr).ptr());
       eps = as_float(item(group.ptr(), n.eps).ptr());
@@ -198,21 +201,21 @@ struct LookupBackward final : ag::Node {
         py::list idx, off;
         for (const at::Tensor& t : indices_) idx.append(wrap(t));
         for (const at::Tensor& t : offsets_) off.append(wrap(t));
-        py::object r = getattr_(owner, n.psw_grads)(wrap(g), idx, off);
+        py::object r = getattr_(target, n.psw_grads)(wrap(g), idx, off);
         std::vector<PyObject*> rs;
         if (!items(r.ptr(), rs) || rs.size() + 1 != out.size())
           throw py::type_error("_psw_grads must return one tensor per table");
         for (size_t i = 0; i < rs.size(); ++i)
           out[1 + i] = as_tensor(rs[i], "a per_sample_weights gradient");
       }
-      b = read_buffers(owner, /*with_state=*/true, rule_);
+      b = read_buffers(target, /*with_state=*/true, rule_);
     }
     update_op().call(b.weights, b.trails, b.state1, {}, g, indices_, offsets_, psw, padding_,
                      include_last_, mean_, rule_, lr, eps, 0.0, 0.0, 0.0, false);
     return out;
   }
 
-  c10::SafePyObject owner_;
+  c10::SafePyObject target_;  // the collection's _UpdateTarget
   std::vector<at::Tensor> indices_, offsets_;
   std::vector<uint32_t> versions_;
   std::vector<ag::SavedVariable> psw_;
@@ -280,6 +283,8 @@ py::object lookup(py::handle owner_h, py::handle indices_h, py::handle offsets_h
   }
   const at::Tensor anchor = as_tensor(getattr_(owner, n.anchor).ptr(), "_anchor");
   std::string rule = py::str(getattr_(owner, n.rule));
+  // made here: its reference to the update target is taken under the GIL
+  auto node = c10::make_intrusive<LookupBackward>(getattr_(owner, n.target).ptr());
   at::Tensor out;
   {
     py::gil_scoped_release no_gil;
@@ -289,7 +294,7 @@ py::object lookup(py::handle owner_h, py::handle indices_h, py::handle offsets_h
     }
     ag::edge_list edges = ag::collect_next_edges(anchor);
     for (const at::Tensor& p : psw) edges.push_back(ag::impl::gradient_edge(p));
-    auto node = c10::make_intrusive<LookupBackward>(owner, std::move(edges));
+    node->set_next_edges(std::move(edges));
     node->versions_ = versions(idx, off);
     for (const at::Tensor& p : psw) node->psw_.emplace_back(p, /*is_output=*/false);
     node->indices_ = std::move(idx);

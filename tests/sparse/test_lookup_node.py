@@ -83,9 +83,10 @@ def test_python_errors_in_backward_keep_their_type_and_change_nothing():
     assert torch.equal(a.weight, before)
 
 
-def test_the_graph_keeps_the_module_alive():
-    """The node holds the module: dropping it before the backward still updates
-    its tables (as the Python autograd.Function's context did)."""
+def test_the_graph_keeps_the_tables_alive():
+    """The node holds the tables and the optimizer: dropping the module before
+    the backward still updates its tables (as the Python autograd.Function's
+    context did)."""
     idx, off, g = _batch()
     a, b = _pair("sgd")
     w = a.weight
@@ -165,3 +166,18 @@ def test_common_path_runs_none_of_our_python_in_backward():
             sys.setprofile(None)
         assert calls == [], calls
         assert not torch.equal(module.table(0).weight, before)
+
+
+def test_a_collection_holding_its_own_output_is_freed():
+    """The node holds the tables and the optimizer, not the collection: a
+    collection that keeps its last output (a cycle through the C++ node, which
+    Python's garbage collector cannot see) is still freed once dropped. It was
+    not while the node held the collection."""
+    import weakref
+    idx, off, _ = _batch()
+    a, _ = _pair("rowwise_adagrad")
+    a.last = a(idx, off)
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None
