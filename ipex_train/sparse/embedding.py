@@ -251,6 +251,20 @@ def _table_load_pre(table, state_dict, prefix, local_metadata, strict, missing, 
         state_dict[wk], state_dict[tk] = split_fp32(master)
 
 
+@torch.compiler.disable
+def _lookup_outside_dynamo(*args):
+    return _lookup.lookup(*args)
+
+
+def _native_lookup(*args):
+    """_lookup.lookup; under torch.compile a graph break around it (Dynamo
+    cannot trace the extension's builtin and otherwise warns that it does not
+    know how, once per process; the lookup runs eagerly either way)."""
+    if torch.compiler.is_compiling():
+        return _lookup_outside_dynamo(*args)
+    return _lookup.lookup(*args)
+
+
 class _UpdateTarget:
     """What a lookup's backward node (native/python/lookup.cpp) holds: the
     tables (their buffers read when the backward runs), the optimizer whose lr
@@ -419,7 +433,7 @@ class FusedEmbeddingBagCollection(nn.Module):
         # per-sample weights) goes straight to native code; anything else is
         # checked and normalised here first
         if per_sample_weights is None and offsets is not None:
-            out = _lookup.lookup(self, indices, offsets, None, out_dtype, False)
+            out = _native_lookup(self, indices, offsets, None, out_dtype, False)
             if out is not None:
                 return out
         n = len(self.embedding_dims)
@@ -438,7 +452,7 @@ class FusedEmbeddingBagCollection(nn.Module):
         idx = [x[0] for x in norm]
         off = [x[1] for x in norm]
         psw = [x[2] for x in norm] if per_sample_weights is not None else None
-        return _lookup.lookup(self, idx, off, psw, out_dtype, True)
+        return _native_lookup(self, idx, off, psw, out_dtype, True)
 
     def table(self, i: Union[int, str]) -> _Table:
         """Table ``i`` (by position or name): ``.weight``, ``.trail``, ``.state_sum``,
@@ -480,7 +494,7 @@ class FusedEmbeddingBag(FusedEmbeddingBagCollection):
 
     def forward(self, input, offsets=None, per_sample_weights=None):
         if per_sample_weights is None and offsets is not None:  # the common case, as above
-            out = _lookup.lookup(self, [input], [offsets], None, None, False)
+            out = _native_lookup(self, [input], [offsets], None, None, False)
             if out is not None:
                 return out
         return super().forward([input], None if offsets is None else [offsets],
