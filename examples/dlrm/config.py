@@ -6,6 +6,7 @@ table or file is created.
 """
 import argparse
 import dataclasses
+import math
 import os
 
 # Rows of the 26 Criteo (Kaggle display advertising) categorical features, the
@@ -162,11 +163,10 @@ class Config:
         for name in ("steps", "batch_size", "eval_batches", "log_every"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("lr", "emb_lr"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if not self.timeout > 0:
-            raise ConfigError(f"--timeout must be positive (seconds), got {self.timeout}")
+        for name in ("lr", "emb_lr", "zipf", "timeout"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive finite number, "
+                                  f"got {getattr(self, name)}")
         for name in ("cross_layers", "cross_rank"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -182,8 +182,8 @@ class Config:
                      "max_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.zipf <= 0:
-            raise ConfigError(f"--zipf must be positive, got {self.zipf}")
+        if not math.isfinite(self.max_seconds):
+            raise ConfigError(f"--max-seconds must be finite (0: no limit), got {self.max_seconds}")
         if self.batch_size < world_size:
             raise ConfigError(f"--batch-size {self.batch_size} is smaller than the world size "
                               f"{world_size}: every rank needs at least one sample")

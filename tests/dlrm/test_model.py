@@ -112,6 +112,15 @@ def test_batch_splits(b, w):
     (["--resume"], "need --checkpoint-dir"),
     (["--table-rows", "5,5"], "need 26 tables"),
     (["--embeddings", "torch", "--emb-optimizer", "rowwise_adagrad"], "rowwise_adagrad needs the fused"),
+    # non-finite floats: --emb-lr inf trained to garbage, --lr inf crashed in the
+    # evaluation's BCE, --zipf nan generated indices anyway
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--emb-lr", "inf"], "--emb-lr must be a positive finite number, got inf"),
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--zipf", "nan"], "--zipf must be a positive finite number"),
+    (["--zipf", "-1"], "--zipf must be a positive finite number"),
+    (["--timeout", "inf"], "--timeout must be a positive finite number"),
+    (["--max-seconds", "nan"], "--max-seconds must be finite"),
 ])
 def test_bad_configs_are_named(argv, match):
     with pytest.raises(ConfigError, match=match):
