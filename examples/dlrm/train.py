@@ -7,6 +7,7 @@ See ``--help`` for the flags and README.md's DLRM section.
 import contextlib
 import gc
 import json
+import math
 import os
 import sys
 import time
@@ -23,6 +24,10 @@ from .config import ConfigError, parse_args  # noqa: E402
 from .data import BadLine, CriteoTSV, SyntheticCriteo  # noqa: E402
 from .parallel import init_distributed  # noqa: E402
 from .trainer import Trainer, default_threads  # noqa: E402
+
+
+class Diverged(RuntimeError):
+    """The training loss stopped being finite (raised on every rank at one step)."""
 
 
 def make_data(cfg):
@@ -109,6 +114,13 @@ def run(cfg):
             sums = trainer.global_sum(torch.stack(pending + [torch.tensor(float(late))]))
             for (s, n), v in zip(pending_steps, sums.tolist()):
                 metrics["losses"][s] = v / n
+            bad = [s for s, _ in pending_steps if not math.isfinite(metrics["losses"][s])]
+            if bad:  # the same sums on every rank: every rank stops here
+                if bar is not None:
+                    bar.close()
+                raise Diverged(f"the training loss is {metrics['losses'][bad[0]]} at step "
+                               f"{bad[0]}: the model diverged; lower --lr ({cfg.lr}) or "
+                               f"--emb-lr ({cfg.emb_lr}), or lengthen --lr-warmup-steps")
             if bar is not None:
                 bar.update(sum(n for _, n in pending_steps))
                 bar.set_postfix(loss=f"{metrics['losses'][step]:.4f}")
@@ -148,6 +160,9 @@ def main(argv=None):
     except (ConfigError, BadLine, checkpoint.CheckpointError) as e:  # raised on every rank
         print(f"dlrm: error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:  # raised on every rank
+        print(f"dlrm: error: {e}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

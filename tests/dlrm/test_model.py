@@ -132,6 +132,21 @@ def test_batch_smaller_than_world():
         parse_args(["--batch-size", "2"]).check(world_size=3)
 
 
+def test_main_stops_when_the_loss_diverges(capsys):
+    """A non-finite training loss ends the run with a message naming the step
+    and the learning rates (it went on to train on NaNs, then crashed in the
+    evaluation's BCE with "all elements of input should be between 0 and 1")."""
+    from dlrm.train import main
+
+    argv = ["--steps", "8", "--batch-size", "32", "--max-rows", "200", "--log-every", "2",
+            "--eval-batches", "1", "--threads", "1", "--no-progress", "--lr", "1e30",
+            "--emb-lr", "1e30"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the model diverged; lower --lr (1e+30) or --emb-lr (1e+30)" in err
+    assert "at step 2:" in err or "at step 1:" in err
+
+
 def test_main_reports_config_error(capsys):
     from dlrm.train import main
 
