@@ -19,6 +19,7 @@ launcher returns the failed rank's status. Ranks find each other with
 overrides one says so.
 """
 import argparse
+import math
 import os
 import re
 import shlex
@@ -61,8 +62,9 @@ def parse_args(argv):
         raise UsageError(f"--nnodes must be >= 1, got {a.nnodes}")
     if a.ccl_workers < 0:
         raise UsageError(f"--ccl-workers must be >= 0, got {a.ccl_workers}")
-    if a.contact_timeout <= 0:
-        raise UsageError(f"--contact-timeout must be > 0, got {a.contact_timeout}")
+    if not (math.isfinite(a.contact_timeout) and a.contact_timeout > 0):
+        raise UsageError(f"--contact-timeout must be a positive finite number of seconds, got "
+                         f"{a.contact_timeout}")
     if a.nnodes > 1 and not a.hostfile:
         raise UsageError(f"--nnodes {a.nnodes} needs --hostfile listing the nodes")
     a.hosts = read_hostfile(a.hostfile) if a.hostfile else []

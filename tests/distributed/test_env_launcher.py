@@ -91,7 +91,10 @@ def test_dry_run_prints_command_and_env(tmp_path):
     (["--nproc-per-node", "1", "--nnodes", "2", "--hostfile", "/nonexistent/hosts"], "does not exist"),
     (["--nproc-per-node", "1", "--mpi", "/bin/echo"], "unknown MPI"),
     (["--nproc-per-node", "0"], ">= 1"),
-    (["--nproc-per-node", "1", "--contact-timeout", "0"], "> 0"),
+    (["--nproc-per-node", "1", "--contact-timeout", "0"], "positive finite number"),
+    # a traceback (ValueError: Invalid value NaN) before
+    (["--nproc-per-node", "1", "--contact-timeout", "nan"], "positive finite number of seconds, got nan"),
+    (["--nproc-per-node", "1", "--contact-timeout", "inf"], "positive finite number of seconds, got inf"),
 ])
 def test_bad_arguments(tmp_path, args, needle):
     script = tmp_path / "train.py"
