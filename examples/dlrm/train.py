@@ -5,7 +5,6 @@ progress bar (samples/s, loss), periodic AUC, and a summary line per metric.
 See ``--help`` for the flags and README.md's DLRM section.
 """
 import contextlib
-import gc
 import json
 import math
 import os
@@ -166,11 +165,6 @@ def main(argv=None):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-        # The group's last holders (trainer, DDP) sit in reference cycles: free them
-        # now, so the gloo worker threads join while Python is alive. A gloo thread
-        # dropping a tensor once the interpreter finalizes aborts the process (torch
-        # 2.13; seen as SIGABRT after a checkpoint error, a few runs in ten).
-        gc.collect()
     return 0
 
 

@@ -12,7 +12,9 @@ not: it loads only the op library, so oneCCL and MPI stay optional)::
 
 The backend works on CPU tensors; see native/ccl/README.md for what each
 collective does and how failures surface (a dead peer makes the others raise
-within the process group's timeout).
+within the process group's timeout). A process that imported this module
+also waits at exit for gloo's worker threads to settle (_gloo_exit.py: a
+late one aborted the process with torch 2.13).
 """
 import atexit
 import ctypes
@@ -23,6 +25,7 @@ import threading
 
 import torch.distributed as dist
 
+from . import _gloo_exit
 from ._env import RankInfo, check_hosts, choose_interface, discover, ensure_ccl_env
 from ._lib import load as _load
 from . import _sharded_tensor
@@ -120,6 +123,11 @@ def _exit_without_teardown():
         os._exit(1)  # the old way: status lost, teardown skipped
 
 
+# Registered after _exit_without_teardown, so it runs first: gloo's workers
+# settle before the interpreter finalizes (a late one aborts the process).
+atexit.register(_gloo_exit.settle)
+
+
 def _register():
     if "ccl" not in dist.Backend.backend_list:
         dist.Backend.register_backend(BACKEND, _create_ccl, devices=["cpu"])
@@ -156,8 +164,12 @@ def init_from_env(backend=BACKEND, timeout=None, **kwargs):
         timeout = datetime.timedelta(seconds=float(timeout))
     if timeout is not None:
         kwargs["timeout"] = timeout
+    gloo = "gloo" in str(backend)  # "gloo", or per device: "cpu:gloo,cuda:nccl"
+    before = _gloo_exit.threads() if gloo else None
     dist.init_process_group(backend, init_method="env://", rank=info.rank,
                             world_size=info.world_size, **kwargs)
+    if gloo:  # gloo's workers, waited for at exit (_gloo_exit)
+        _gloo_exit.track(before)
     return info
 
 

@@ -27,12 +27,10 @@ import socket
 import sys
 import time
 import traceback
-import warnings
 
 import torch
 import torch.distributed as dist
-
-import ipex_train.distributed as ipd
+from _worker_start import start
 
 SIZES = {"7 elems": 7, "1 MiB": (1 << 20) // 4, "4 MiB": (4 << 20) // 4}
 
@@ -131,17 +129,12 @@ def loop(out_dir, me, n):
 
 
 def main():
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    out_dir = sys.argv[1]
-    timeout = float(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 60
-    ipd.init_from_env(timeout=timeout)
-    me, n = dist.get_rank(), dist.get_world_size()
+    out_dir, me, n, pg = start()
     if "--loop" in sys.argv:
         loop(out_dir, me, n)
     os.environ["IPEX_TRAIN_CCL_LOCAL"] = "0"  # read when a ccl group is created
     flat = dist.new_group(backend="ccl")
     del os.environ["IPEX_TRAIN_CCL_LOCAL"]
-    pg = dist.group.WORLD._get_backend(torch.device("cpu"))
     hosts = [None] * n
     dist.all_gather_object(hosts, socket.gethostname())
     run = Run(me, n, hosts)

@@ -17,12 +17,10 @@ import os
 import socket
 import sys
 import traceback
-import warnings
 
 import torch
 import torch.distributed as dist
-
-import ipex_train.distributed as ipd
+from _worker_start import start
 
 SIZES = {"7 elems": 7, "1 MiB": (1 << 20) // 4, "4 MiB": (4 << 20) // 4}
 
@@ -113,12 +111,7 @@ def collectives(c, label, numel, n, me):
 
 
 def main():
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    out_dir = sys.argv[1]
-    timeout = float(sys.argv[sys.argv.index("--timeout") + 1]) if "--timeout" in sys.argv else 60
-    ipd.init_from_env(timeout=timeout)
-    me, n = dist.get_rank(), dist.get_world_size()
-    pg = dist.group.WORLD._get_backend(torch.device("cpu"))
+    out_dir, me, n, pg = start()
     c = Checks()
     try:
         for label, numel in SIZES.items():
