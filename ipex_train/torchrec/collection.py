@@ -140,9 +140,13 @@ class FusedEBC(EmbeddingBagCollectionInterface):
         for idx, mod in zip(self._group_tables, self.groups):
             per_table = [_concat_bags([bags(f) for f in self._configs[i].feature_names])
                          for i in idx]
-            outs.append(_backend.lookup(
-                mod, [p[0] for p in per_table], [p[1] for p in per_table],
-                None if psw is None else [p[2] for p in per_table], self._out_dtype))
+            try:
+                outs.append(_backend.lookup(
+                    mod, [p[0] for p in per_table], [p[1] for p in per_table],
+                    None if psw is None else [p[2] for p in per_table], self._out_dtype))
+            except IndexError:
+                self._name_bad_id(idx, bags)  # the kernel's message numbers its own lists
+                raise
         if self._direct:
             pooled = outs[0].float()
         else:
@@ -154,6 +158,20 @@ class FusedEBC(EmbeddingBagCollectionInterface):
                            for j in range(len(t.feature_names))]
             pooled = torch.cat(pieces, dim=1).float()
         return KeyedTensor(keys=self._names, length_per_key=self._dims, values=pooled)
+
+    def _name_bad_id(self, tables, bags):
+        """Raises IndexError naming the feature, table and id of the first id out
+        of its table's range among `tables` (config indices); returns if none."""
+        for i in tables:
+            t = self._configs[i]
+            for f in t.feature_names:
+                v = bags(f)[0]
+                bad = ((v < 0) | (v >= t.num_embeddings)).nonzero()
+                if bad.numel():
+                    pos = int(bad[0, 0])
+                    raise IndexError(f"feature {f!r}: id {int(v[pos])} (value {pos} of the "
+                                     f"feature's values) is out of range for table {t.name!r} "
+                                     f"of {t.num_embeddings} rows")
 
     # -- ours ---------------------------------------------------------------
     @property

@@ -309,3 +309,22 @@ def test_default_init_follows_torchrec():
         w = fused.table_weights()[t.name]
         bound = t.num_embeddings ** -0.5
         assert w.abs().max() <= bound and w.std() > 0, t.name
+
+
+@pytest.mark.parametrize("bad", [-1, 9])
+def test_out_of_range_id_names_feature_and_table(bad):
+    """The kernel's IndexError numbers its own per-group lists ("indices[0][3]"),
+    which a TorchRec user cannot map back; the collection names the feature, the
+    table and the id."""
+    ebc = make_ebc("shared")
+    fused = itr.FusedEBC.from_ebc(ebc, optimizer="sgd", lr=0.1)
+    kjt = make_kjt("shared", 3, seed=5, shuffle_keys=False)
+    keys = kjt.keys()
+    values = kjt.values().clone()
+    lo = kjt.offset_per_key()[keys.index("f2")]
+    assert kjt.offset_per_key()[keys.index("f2") + 1] > lo + 1  # f2 (table t1, 9 rows) has ids
+    values[lo + 1] = bad
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=kjt.lengths())
+    with pytest.raises(IndexError, match=rf"feature 'f2': id {bad} \(value 1 of the feature's "
+                                         r"values\) is out of range for table 't1' of 9 rows"):
+        fused(kjt)
