@@ -15,7 +15,12 @@ received from ranks on its own host (direct_bytes) and from the others
 (oneccl_bytes), with one hierarchical op per call when the path is
 hierarchical; on one host (path "local") every byte is direct.
 
-Usage: python _worker_hier.py OUT_DIR [--timeout S] [--loop]
+With --host-groups, every host's ranks also form a ccl group of their own
+(made in every rank, as torch requires) and run the same calls on it,
+checked against the closed forms: a group on one host of a multi-host job
+must stay on the local path, every byte by direct reads.
+
+Usage: python _worker_hier.py OUT_DIR [--timeout S] [--loop | --host-groups]
 Writes OUT_DIR/rank<r>.json. With --loop instead, every rank writes
 OUT_DIR/ready.<rank> ("pid time") after its first all-to-all, then runs
 uneven 1 MiB all-to-alls for up to 100 s; a rank whose call raises writes
@@ -79,7 +84,9 @@ class Run:
         self.ops += 1
 
 
-def all_to_all(run, label, numel, flat):
+def all_to_all(run, label, numel, group, flat):
+    """Every split kind on `group` (run.me, run.n: this rank and the size in
+    it); each result also against the `flat` group's, unless that is None."""
     me, n = run.me, run.n
     for kind in ("even", "sized by sender", "uneven", "with empty blocks", "odd uint8"):
         dtype = torch.uint8 if kind == "odd uint8" else torch.float32
@@ -89,19 +96,20 @@ def all_to_all(run, label, numel, flat):
         ins, outs = [sizes[q][me] for q in range(n)], sizes[me]
         recv = torch.full_like(want, 77)
         if kind == "even":  # torch's even-split form: no split sizes
-            dist.all_to_all_single(recv, send)
+            dist.all_to_all_single(recv, send, group=group)
         else:
-            dist.all_to_all_single(recv, send, ins, outs)
+            dist.all_to_all_single(recv, send, ins, outs, group=group)
         run.expect(ins, send.element_size())
         run.same(f"all_to_all_single {kind} {label}", recv, want)
-        ref = torch.full_like(want, 55)
-        dist.all_to_all_single(ref, send, ins, outs, group=flat)
-        run.same(f"all_to_all_single {kind} {label} equals the flat path", recv, ref)
+        if flat is not None:
+            ref = torch.full_like(want, 55)
+            dist.all_to_all_single(ref, send, ins, outs, group=flat)
+            run.same(f"all_to_all_single {kind} {label} equals the flat path", recv, ref)
     # the list form, uneven
     sizes = split_sizes("uneven", numel, n)
     send = [pattern(sizes[me][r], 1000 * me + 10 * r) for r in range(n)]
     recv = [torch.empty(sizes[q][me]) for q in range(n)]
-    dist.all_to_all(recv, send)
+    dist.all_to_all(recv, send, group=group)
     run.expect([sizes[q][me] for q in range(n)], 4)
     run.same(f"all_to_all uneven {label}", torch.cat(recv),
              torch.cat([pattern(sizes[q][me], 1000 * q + 10 * me) for q in range(n)]))
@@ -128,8 +136,40 @@ def loop(out_dir, me, n):
     sys.exit(0)
 
 
+def backend(group):
+    return group._get_backend(torch.device("cpu"))
+
+
+def checked(run, group, flat):
+    """Runs every size on `group`; what its transfer_stats grew by, what
+    they had to, and its path."""
+    before = dict(backend(group).transfer_stats)
+    try:
+        for label, numel in SIZES.items():
+            all_to_all(run, label, numel, group, flat)
+    except Exception:
+        run.failures.append(traceback.format_exc(limit=4))
+    after = backend(group).transfer_stats
+    return {"transfer_path": backend(group).transfer_path,
+            "stats_grew": {k: after[k] - before[k] for k in after},
+            "expected": {"direct_bytes": run.direct, "oneccl_bytes": run.oneccl, "ops": run.ops},
+            "checks": run.checks}
+
+
+def host_group(hosts, me):
+    """A ccl group of this rank's host's ranks (all hosts' groups made in
+    every rank, in one order) and this rank's place in it."""
+    mine = None
+    for h in sorted(set(hosts)):
+        ranks = [r for r, x in enumerate(hosts) if x == h]
+        g = dist.new_group(ranks, backend="ccl")
+        if me in ranks:
+            mine = g, ranks.index(me), len(ranks)
+    return mine
+
+
 def main():
-    out_dir, me, n, pg = start()
+    out_dir, me, n, _ = start()
     if "--loop" in sys.argv:
         loop(out_dir, me, n)
     os.environ["IPEX_TRAIN_CCL_LOCAL"] = "0"  # read when a ccl group is created
@@ -138,25 +178,19 @@ def main():
     hosts = [None] * n
     dist.all_gather_object(hosts, socket.gethostname())
     run = Run(me, n, hosts)
-    before = dict(pg.transfer_stats)
-    try:
-        for label, numel in SIZES.items():
-            all_to_all(run, label, numel, flat)
-    except Exception:
-        run.failures.append(traceback.format_exc(limit=4))
-    after = pg.transfer_stats
-    grew = {k: after[k] - before[k] for k in after}
+    out = {"rank": me, "world": n, "host": socket.gethostname(), "hosts": hosts,
+           **checked(run, dist.group.WORLD, flat), "flat_path": backend(flat).transfer_path}
+    failures = run.failures
+    if "--host-groups" in sys.argv:
+        group, gme, gn = host_group(hosts, me)
+        sub = Run(gme, gn, [hosts[me]] * gn)
+        out["host_group"] = {"size": gn, **checked(sub, group, None)}
+        failures += sub.failures
     with open(os.path.join(out_dir, f"rank{me}.json"), "w") as f:
-        json.dump({"rank": me, "world": n, "host": socket.gethostname(), "hosts": hosts,
-                   "transfer_path": pg.transfer_path,
-                   "flat_path": flat._get_backend(torch.device("cpu")).transfer_path,
-                   "stats_grew": grew, "expected": {"direct_bytes": run.direct,
-                                                    "oneccl_bytes": run.oneccl, "ops": run.ops},
-                   "checks": run.checks, "failures": run.failures}, f, indent=1)
-    if run.failures:
+        json.dump({**out, "failures": failures}, f, indent=1)
+    if failures:
         sys.exit(1)
     dist.destroy_process_group()
-
 
 if __name__ == "__main__":
     main()

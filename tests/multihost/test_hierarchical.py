@@ -1,7 +1,7 @@
 """All-to-all across hosts by the hierarchical path (issue #13 item 7): the
 blocks between ranks of one host by direct reads among them, the blocks
-between hosts by one oneCCL alltoallv, in one collective. Over two simulated
-hosts (_hosts.py), started with env:// variables on each host and with
+between hosts by one oneCCL alltoallv, in one collective. Over two and three
+simulated hosts (_hosts.py), started with env:// variables on each host and with
 ipex-train-run's hostfile launch; results against closed-form answers and
 bit for bit against the flat oneCCL path in the same job, and the backend's
 byte counters showing which path every received byte took. On one host the
@@ -26,23 +26,32 @@ TIMEOUT_S = 60  # the process group's timeout inside the ranks
 CHECKS = 3 * (5 * 2 + 1)  # per size: 5 all_to_all_single kinds x (answer, flat path) + all_to_all
 
 
-def check(out_dir, hosts, path):
-    """hosts: each rank's host; path: the world group's transfer_path prefix."""
-    world = len(hosts)
+def check_group(r, path, same_host, checks=CHECKS):
+    """One group's part of a rank's result `r`; path: its transfer_path
+    prefix; same_host: whether another rank of the group shares this one's."""
     hierarchical = path.startswith("hierarchical")
-    for r in results(out_dir, world):
+    assert r["checks"] == checks, r
+    assert r["transfer_path"].startswith(path), r["transfer_path"]
+    want, grew = r["expected"], r["stats_grew"]
+    assert grew["direct_bytes"] == want["direct_bytes"], (grew, want)
+    assert grew["oneccl_bytes"] == want["oneccl_bytes"], (grew, want)
+    assert grew["hierarchical_ops"] == (want["ops"] if hierarchical else 0), (grew, want)
+    assert (want["direct_bytes"] > 0) == same_host, want
+    assert (want["oneccl_bytes"] > 0) == hierarchical, want
+
+
+def check(out_dir, hosts, path):
+    """hosts: each rank's host; path: the world group's transfer_path prefix.
+    Where the ranks ran with --host-groups, each host's own group too."""
+    for r in results(out_dir, len(hosts)):
         assert not r["failures"], "\n".join(r["failures"][:10])
-        assert r["checks"] == CHECKS, r
         assert r["hosts"] == hosts, r["hosts"]
-        assert r["transfer_path"].startswith(path), r["transfer_path"]
         assert r["flat_path"].startswith("oneccl (turned off"), r["flat_path"]
-        want, grew = r["expected"], r["stats_grew"]
-        assert grew["direct_bytes"] == want["direct_bytes"], (grew, want)
-        assert grew["oneccl_bytes"] == want["oneccl_bytes"], (grew, want)
-        assert grew["hierarchical_ops"] == (want["ops"] if hierarchical else 0), (grew, want)
-        same_host = hosts.count(r["host"]) > 1
-        assert (want["direct_bytes"] > 0) == same_host, want
-        assert (want["oneccl_bytes"] > 0) == hierarchical, want
+        check_group(r, path, hosts.count(r["host"]) > 1)
+        if "host_group" in r:
+            g = r["host_group"]
+            assert g["size"] == hosts.count(r["host"]), g
+            check_group(g, "local", g["size"] > 1, checks=CHECKS - 3 * 5)
 
 
 def env_jobs(tmp_path, placement, *extra):
@@ -53,30 +62,38 @@ def env_jobs(tmp_path, placement, *extra):
         jobs.append((f"node{h}", [sys.executable, WORKER, str(tmp_path), *extra],
                      job_env(RANK=str(rank), WORLD_SIZE=str(world),
                              LOCAL_RANK=str(placement[:rank].count(h)),
-                             LOCAL_WORLD_SIZE=str(placement.count(h)), MASTER_ADDR="node0",
+                             LOCAL_WORLD_SIZE=str(placement.count(h)),
+                             MASTER_ADDR=f"node{placement[0]}",
                              MASTER_PORT=str(port))))
     return jobs
 
 
-@pytest.mark.parametrize("placement", [
-    pytest.param([0, 0, 1, 1], id="2x2-consecutive"),
-    pytest.param([0, 1, 0, 1], id="2x2-interleaved"),  # blocks between hosts not contiguous
-    pytest.param([0, 0, 1], id="2+1"),                  # a host with one rank
-])
+@pytest.mark.parametrize("cluster, placement", [
+    pytest.param(2, [0, 0, 1, 1], id="2x2-consecutive"),
+    pytest.param(2, [0, 1, 0, 1], id="2x2-interleaved"),  # blocks between hosts not contiguous
+    pytest.param(2, [0, 0, 1], id="2+1"),                  # a host with one rank
+    # 3 hosts, 2+2+1 ranks, interleaved: two hosts' direct reads at once, a
+    # lone middle host, every rank packs its blocks between hosts; each
+    # host's own group stays local
+    pytest.param(3, [0, 1, 2, 0, 1], id="2+2+1-interleaved"),
+], indirect=["cluster"])
 def test_hierarchical_env_rendezvous(cluster, tmp_path, placement):
     """torchrun-style variables on each host (oneCCL's OFI transport)."""
     need_ccl()
-    world = len(placement)
-    jobs = env_jobs(tmp_path, placement, "--timeout", str(TIMEOUT_S))
-    before = cluster.counters("node1")
+    world, nhosts = len(placement), max(placement) + 1
+    extra = ["--host-groups"] if nhosts > 2 else []
+    jobs = env_jobs(tmp_path, placement, "--timeout", str(TIMEOUT_S), *extra)
+    names = [f"node{h}" for h in range(nhosts)]
+    before = [cluster.counters(h) for h in names]
     check_all_ok(cluster.run_all(jobs, timeout=300))
-    check(tmp_path, [f"node{h}" for h in placement], "hierarchical (2 hosts")
-    # the blocks between the hosts really crossed the link: node1 received at
-    # least what its ranks got over oneCCL in the world group
-    rx = cluster.counters("node1")[0] - before[0]
-    got = sum(r["expected"]["oneccl_bytes"] for r in results(tmp_path, world)
-              if r["host"] == "node1")
-    assert rx > got > 0, (rx, got)
+    check(tmp_path, [f"node{h}" for h in placement], f"hierarchical ({nhosts} hosts")
+    # the blocks between the hosts really crossed the links: each host
+    # received at least what its ranks got over oneCCL in the world group
+    for h, b in zip(names, before):
+        rx = cluster.counters(h)[0] - b[0]
+        got = sum(r["expected"]["oneccl_bytes"] for r in results(tmp_path, world)
+                  if r["host"] == h)
+        assert rx > got > 0, (h, rx, got)
 
 
 def test_hierarchical_ipex_train_run(cluster, tmp_path):
