@@ -201,3 +201,20 @@ def test_under_torch_compile_same_updates_and_no_warning():
         (b(idx, off) * 2.0).backward(g)
     assert torch.equal(a.weight, b.weight)
     torch._dynamo.reset()
+
+
+def test_activation_checkpointing_updates_once():
+    """torch.utils.checkpoint (non-reentrant) recomputes the forward inside
+    the backward: the tables still get exactly one update, the same as
+    without checkpointing (the recomputed lookup's node is not the one the
+    backward runs)."""
+    from torch.utils.checkpoint import checkpoint
+    idx, off, g = _batch()
+    a, b = _pair("rowwise_adagrad")
+    lin = torch.nn.Linear(8, 3)
+    for _ in range(2):
+        checkpoint(lambda i, o: lin(a(i, o)), idx, off, use_reentrant=False).backward(
+            g[:, :3])
+        lin(b(idx, off)).backward(g[:, :3])
+    assert torch.equal(a.weight, b.weight)
+    assert torch.equal(a.table(0).state_sum, b.table(0).state_sum)
