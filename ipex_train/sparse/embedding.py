@@ -273,18 +273,17 @@ class _UpdateTarget:
     collection that kept its own output (a cycle through the node) would
     never be freed."""
 
-    __slots__ = ("_tables", "optimizer", "include_last_offset")
+    __slots__ = ("_tables", "optimizer")
 
-    def __init__(self, tables, optimizer, include_last_offset):
+    def __init__(self, tables, optimizer):
         self._tables, self.optimizer = tables, optimizer
-        self.include_last_offset = include_last_offset
 
     def _psw_grads(self, grad_output, indices, offsets):
         """d out / d per_sample_weights[e] = <grad_output[bag(e)], weight[idx(e)]> (0 for padding)."""
         grads, col = [], 0
         for t, (tab, idx, off) in enumerate(zip(self._tables, indices, offsets)):
             d = tab.weight.shape[1]
-            starts = off[:-1] if self.include_last_offset else off
+            starts = off[:grad_output.shape[0]]  # one start per bag, without a last end
             sizes = torch.diff(starts.to(torch.int64), append=torch.tensor([idx.numel()]))
             bag = torch.repeat_interleave(torch.arange(sizes.numel()), sizes)
             g = grad_output[:, col:col + d].float().index_select(0, bag)
@@ -348,12 +347,12 @@ class FusedEmbeddingBagCollection(nn.Module):
                                                c.padding_idx, initial_accumulator_value)
         self.embedding_dims = [c.embedding_dim for c in configs]
         # the tables in order; the set is fixed once built (buffers may still be
-        # replaced: _weights() and _update() read them afresh on every call)
+        # replaced: the lookup and its backward read them afresh on every call)
         self._tables = list(self.embedding_bags.values())
         self._padding = [-1 if t.padding_idx is None else t.padding_idx for t in self._tables]
         eps = _DEFAULT_EPS[optimizer] if eps is None else float(eps)
         self._target = _UpdateTarget(self._tables, FusedEmbeddingOptimizer(
-            [t.weight for t in self._table_list()], lr, eps, optimizer), self.include_last_offset)
+            [t.weight for t in self._table_list()], lr, eps, optimizer))
         self._anchor = torch.zeros((), requires_grad=True)
 
     @property
@@ -364,9 +363,6 @@ class FusedEmbeddingBagCollection(nn.Module):
     @optimizer.setter
     def optimizer(self, opt):
         self._target.optimizer = opt
-
-    def _psw_grads(self, grad_output, indices, offsets):
-        return self._target._psw_grads(grad_output, indices, offsets)
 
     def _table_list(self) -> List[_Table]:
         return self._tables

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ipex_train.sparse import FusedEmbeddingBagCollection, TableConfig
-from ipex_train import _lookup
+from ipex_train.sparse.embedding import _native_lookup
 
 
 def build(tables: Sequence[Tuple[str, int, int]], mode: str, optimizer: str, lr: float,
@@ -59,4 +59,4 @@ def lookup_prepared(collection: FusedEmbeddingBagCollection, indices: List[torch
     index tensor and one [B + 1] offsets tensor per table, unweighted. Skips
     the per-table Python checks of the module's forward (~10 us a table); the
     op still checks ids and offsets."""
-    return _lookup.lookup(collection, indices, offsets, None, out_dtype, True)
+    return _native_lookup(collection, indices, offsets, None, out_dtype, True)

@@ -9,10 +9,11 @@
 // common path (no autograd.Function, no PyNode): with caches cold after the
 // kernels, that glue cost 0.3-1 ms a step here.
 //
-// The owner is the collection (a Python object): its _tables (each table's
-// _buffers: weight, trail, state_sum), _padding, include_last_offset, mode,
-// optimizer_kind, _anchor, optimizer, and _psw_grads() for per-sample weight
-// gradients (rare: computed in Python, before the update).
+// The owner is the collection (a Python object): the forward reads its _tables
+// (each table's _buffers: weight, trail, state_sum), _padding,
+// include_last_offset, mode, optimizer_kind and _anchor; the node holds its
+// _target, whose _tables, optimizer and _psw_grads() (per-sample weight
+// gradients: rare, computed in Python before the update) the backward reads.
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/zeros.h>

@@ -256,13 +256,16 @@ def test_state_dict_round_trip_and_lr_schedule():
     assert torch.equal(a.table(0).weight, snap["embedding_bags.t0.weight"])
 
 
-def test_per_sample_weight_grads_match_torch():
+@pytest.mark.parametrize("last", [False, True])
+def test_per_sample_weight_grads_match_torch(last):
     torch.manual_seed(0)
-    ours = FusedEmbeddingBag(30, 5, mode="sum", lr=0.1, padding_idx=4)
-    ref = nn.EmbeddingBag(30, 5, mode="sum", sparse=True, padding_idx=4)
+    ours = FusedEmbeddingBag(30, 5, mode="sum", lr=0.1, padding_idx=4, include_last_offset=last)
+    ref = nn.EmbeddingBag(30, 5, mode="sum", sparse=True, padding_idx=4, include_last_offset=last)
     with torch.no_grad():
         ref.weight.copy_(ours.weight)
     idx, off = random_bags(30, 8, torch.Generator().manual_seed(0), padding=4)
+    if last:
+        off = torch.cat([off, torch.tensor([idx.numel()])])
     psw = torch.randn(idx.shape, requires_grad=True)
     psw_ref = psw.detach().clone().requires_grad_()
     target = torch.randn(8, 5)
