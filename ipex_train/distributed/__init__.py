@@ -25,10 +25,9 @@ import threading
 
 import torch.distributed as dist
 
-from . import _gloo_exit
+from . import _gloo_exit, _sharded_tensor
 from ._env import RankInfo, check_hosts, choose_interface, discover, ensure_ccl_env
 from ._lib import load as _load
-from . import _sharded_tensor
 
 __all__ = ["init_from_env", "discover", "RankInfo", "ProcessGroupCCL", "BACKEND"]
 
@@ -52,7 +51,7 @@ def _create_ccl(store, rank, size, timeout):
     """
     global _ccl_created
     ensure_ccl_env()
-    _sharded_tensor.mend_empty_shard_device()
+    _sharded_tensor.mend_empty_shard_device(BACKEND)
     check_hosts(store, rank, size)
     lib, secs = _load(), timeout.total_seconds()
     box = {}

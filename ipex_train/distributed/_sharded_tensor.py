@@ -13,19 +13,19 @@ that table entry is left alone (nothing there to mend).
 import torch
 import torch.distributed as dist
 
-_BACKEND = "ccl"
 _patched = False
 
 
-def _is_ccl(group):
+def _is_backend(group, name):
     # (a ProcessGroup's _get_backend_name() says "custom" for a registered backend)
     try:
-        return dist.get_backend(group) == _BACKEND
+        return dist.get_backend(group) == name
     except (RuntimeError, ValueError):  # not a group of the default world
         return False
 
 
-def mend_empty_shard_device():
+def mend_empty_shard_device(backend):
+    """Gives groups of `backend` (our ccl) gloo's answer; once per process."""
     global _patched
     if _patched:
         return
@@ -39,7 +39,8 @@ def mend_empty_shard_device():
 
     def device(types, args=(), kwargs=None, process_group=None):
         st = args[0] if args else None
-        if isinstance(st, api.ShardedTensor) and not st._local_shards and _is_ccl(process_group):
+        if isinstance(st, api.ShardedTensor) and not st._local_shards \
+                and _is_backend(process_group, backend):
             return torch.device("cpu")
         return torch_device(types, args, kwargs, process_group)
 
