@@ -13,12 +13,15 @@ MPI). (IPT_RANK_CORES, a ready plan, is still honoured.)
 
 Under ipex-train-run (IPT_LAUNCHER=host:port set) this process stays as the
 script's parent and keeps a connection to the launcher: it reports the
-script's exit status the moment it ends, ends the script when the launcher
-says so (a failed rank elsewhere, a signal to the launcher), and when the
-launcher cannot be reached for IPT_CONTACT_TIMEOUT seconds. Otherwise it
-execs the script in this same process.
+script's exit status the moment it ends, with the time it ended (so the
+launcher can name the rank that failed first, not one that fell with it),
+ends the script when the launcher says so (a failed rank elsewhere, a
+signal to the launcher), and when the launcher cannot be reached for
+IPT_CONTACT_TIMEOUT seconds. Otherwise it execs the script in this same
+process.
 """
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -85,6 +88,20 @@ def _die_with_parent():
         pass
 
 
+def _wait_either(child, pidfd, sock, timeout):
+    """Returns once the child ended, the launcher sent something, or timeout."""
+    if pidfd is None:
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        return
+    try:
+        select.select([pidfd] + ([sock] if sock is not None else []), [], [], timeout)
+    except InterruptedError:
+        pass
+
+
 def supervise(argv, env):
     """Runs argv as a child under the launcher's eye; returns when it ended."""
     host, _, port = env["IPT_LAUNCHER"].rpartition(":")
@@ -102,6 +119,10 @@ def supervise(argv, env):
         sock = None
     # signals to this wrapper (from the MPI launcher) go on to the script
     child = subprocess.Popen(argv, env=env, close_fds=False, preexec_fn=_die_with_parent)
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):  # before Linux 5.3: polled every 50 ms instead
+        pidfd = None
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(s, lambda n, f: child.poll() is None and child.send_signal(n))
     heard = sent = time.monotonic()
@@ -139,16 +160,16 @@ def supervise(argv, env):
                 except OSError:
                     pass
                 sent = now
-        try:
-            child.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            pass
+        _wait_either(child, pidfd, sock if ending is None else None, 0.2)
+    ended = time.time()  # wakes on the child's exit (pidfd): its time to a few ms
+    if pidfd is not None:
+        os.close(pidfd)
     code = child.returncode
     if sock is not None:
         try:
             sock.setblocking(True)
             sock.settimeout(5)
-            sock.sendall(f"exit {rank} {code}\n".encode())
+            sock.sendall(f"exit {rank} {code} {ended:.6f}\n".encode())
             # close only once the launcher closed its end: closing with its
             # pings unread would send a reset, and a reset can discard the
             # exit line before the launcher reads it
@@ -175,7 +196,8 @@ def main():
         os.execve(sys.executable, argv, env)
     code = supervise(argv, env)
     if code < 0:  # killed by a signal: end the same way, so the MPI launcher sees it
-        signal.signal(-code, signal.SIG_DFL)
+        if -code != signal.SIGKILL:  # SIGKILL has no handler to reset
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
         time.sleep(1)
         sys.exit(128 - code)

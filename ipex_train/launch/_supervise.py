@@ -2,13 +2,18 @@
 rank's wrapper (_rank.py) over TCP, and end the whole job when it must.
 
 Each wrapper connects at start ("hello TOKEN RANK HOST PID"), sends "ping"
-every 2 s and "exit RANK STATUS" when its script ends; the launcher pings
-back and can send "term". The job is ended (wrappers told to end their
+every 2 s and "exit RANK STATUS TIME" when its script ends (TIME: when it
+ended, seconds since the epoch); the launcher pings back and can send "term". The job is ended (wrappers told to end their
 scripts, the MPI launcher sent SIGTERM, and its local process tree killed
 GRACE_S later) when:
 
 - a rank exits with a non-zero status or is killed: the launcher returns
-  that status (128 + N for signal N), within seconds, whatever the others do;
+  that status (128 + N for signal N), within seconds, whatever the others do.
+  Ranks often fall together (a peer killed mid-collective can take a
+  survivor's transport down with it), and whichever wrapper is heard first
+  is a race: the launcher waits SETTLE_S after the first failure it hears,
+  then names the one that ended earliest by its wrapper's clock (and the
+  others after it), and returns its status;
 - a wrapper is not heard from for the contact timeout (its host or the link
   to it is gone); one whose connection ends without an exit status is left
   to the MPI launcher, which sees how its process ended;
@@ -16,6 +21,7 @@ GRACE_S later) when:
   once the MPI launcher is gone;
 - every rank has exited 0 but the MPI launcher lingers past GRACE_S.
 """
+import math
 import os
 import secrets
 import selectors
@@ -27,6 +33,7 @@ import time
 
 GRACE_S = 10.0
 PING_S = 2.0
+SETTLE_S = 0.5  # first failure heard -> job ended (see above)
 
 
 def _say(msg):
@@ -69,6 +76,7 @@ class _Rank:
         self.conn, self.buf = conn, b""
         self.rank = self.host = None
         self.code = None
+        self.ended = None  # when the script ended (wrapper's clock), if said
         self.gone = False  # connection closed
         self.heard = time.monotonic()
 
@@ -89,6 +97,8 @@ class Supervisor:
         self.code = None        # the job's status once decided
         self.ending = None      # monotonic time the job was told to end
         self.signalled = None
+        self.failed = []        # ranks that exited non-zero, in the order heard
+        self.failed_at = None   # monotonic time the first of them was heard
 
     def env(self):
         return {"IPT_LAUNCHER": self.addr, "IPT_LAUNCHER_TOKEN": self.token,
@@ -104,10 +114,11 @@ class Supervisor:
                 r.conn.sendall(b"term\n")
             except OSError:
                 pass
-        try:
-            os.kill(self.proc.pid, sig)
-        except ProcessLookupError:
-            pass
+        if self.proc.poll() is None:  # (not a reaped PID that may be reused)
+            try:
+                os.kill(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
 
     def _on_line(self, r, line):
         words = line.split()
@@ -121,9 +132,26 @@ class Supervisor:
                 r.conn.sendall(b"term\n")
         elif words[0] == "exit" and len(words) >= 3:
             r.code = int(words[2])
+            try:
+                r.ended = float(words[3])
+            except (IndexError, ValueError):
+                r.ended = None
             if r.code != 0 and self.ending is None:
-                self._end(f"rank {r.rank} on host {r.host} exited with {_describe(r.code)}",
-                          _as_exit(r.code))
+                self.failed.append(r)
+                self.failed_at = self.failed_at or time.monotonic()
+
+    def _end_for_failure(self):
+        """Ends the job naming the rank that failed first (see the module's doc)."""
+        order = sorted(self.failed, key=lambda r: math.inf if r.ended is None else r.ended)
+        first = order[0]
+        why = f"rank {first.rank} on host {first.host} exited with {_describe(first.code)}"
+        later = [f"rank {r.rank} on host {r.host} with {_describe(r.code)}"
+                 + (f" {r.ended - first.ended:.3f} s later"
+                    if r.ended is not None and first.ended is not None else "")
+                 for r in order[1:]]
+        if later:
+            why += " (then " + ", ".join(later) + ")"
+        self._end(why, _as_exit(first.code))
 
     def _read(self, sel, r):
         try:
@@ -165,6 +193,9 @@ class Supervisor:
                 if self.signalled and self.ending is None:
                     sig = signal.Signals(self.signalled)
                     self._end(f"received {sig.name}", 128 + sig, sig)
+                if self.failed and self.ending is None and (
+                        now - self.failed_at >= SETTLE_S or self.proc.poll() is not None):
+                    self._end_for_failure()
                 for key, _ in sel.select(timeout=0.2):
                     if key.fileobj is self.listener:
                         try:
@@ -201,6 +232,8 @@ class Supervisor:
                     mpi_gone = mpi_gone or now
                     waiting = any(r.code is None and not r.gone for r in self.ranks)
                     if not waiting or self.ending is not None or now - mpi_gone > 5:
+                        if self.failed and self.ending is None:
+                            self._end_for_failure()
                         break
                     continue
                 late = (self.ending is not None and now - self.ending > GRACE_S) or (

@@ -10,6 +10,7 @@ then by MODE:
   sleep  every rank sleeps
 Nothing is expected to end normally within 100 s.
 """
+import faulthandler
 import json
 import os
 import socket
@@ -20,6 +21,8 @@ import torch
 import torch.distributed as dist
 
 import ipex_train.distributed as ipd
+
+faulthandler.enable()  # a rank that crashes (a peer's death in its transport) says where
 
 out_dir, mode, timeout_s = sys.argv[1], sys.argv[2], float(sys.argv[3])
 ipd.init_from_env(timeout=timeout_s)
